@@ -1,0 +1,165 @@
+"""graft configuration: a TOML file → one frozen dataclass.
+
+Where the file comes from, first match wins: the runtime option ``ConfigPath``
+(containerd), the ``GRAFT_CONFIG`` environment variable, then
+``/etc/graft/configuration.toml``. A missing default file means "all
+defaults"; a named file that is missing is an error. Every key, its default
+and meaning is listed in :data:`KEYS` (and rendered by ``graft config``).
+"""
+from __future__ import annotations
+
+import os
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+DEFAULT_CONFIG_PATH = Path("/etc/graft/configuration.toml")
+
+# Kernel parameters that matter for boot time under TCG (measured, see
+# templating notes) and for a quiet, predictable guest.
+DEFAULT_KERNEL_PARAMS = (
+    "console=ttyS0 panic=-1 reboot=t quiet cryptomgr.notests tsc=reliable no_timer_check "
+    "rcupdate.rcu_expedited=1 i8042.noaux=1 i8042.nokbd=1 i8042.nopnp=1 mitigations=off "
+    "audit=0 random.trust_cpu=on"
+)
+
+
+class ConfigError(ValueError):
+    """A bad configuration; the message names the offending key."""
+
+
+@dataclass(frozen=True)
+class Key:
+    section: str
+    name: str
+    default: Any
+    kind: type
+    doc: str
+    choices: tuple[str, ...] = ()
+    check: Callable[[Any], bool] | None = None
+
+
+def _positive(v: Any) -> bool:
+    return v > 0
+
+
+KEYS: tuple[Key, ...] = (
+    Key("hypervisor", "kind", "qemu", str, "VMM to use.", ("qemu", "clh")),
+    Key("hypervisor", "binary", "", str,
+        "VMM binary; empty = qemu-system-x86_64 / cloud-hypervisor on PATH."),
+    Key("hypervisor", "accelerator", "auto", str,
+        "auto = KVM when kvm_intel/kvm_amd is loaded, else TCG.", ("auto", "kvm", "tcg")),
+    Key("hypervisor", "vcpus", 1, int, "vCPUs at boot (and in a template).", check=_positive),
+    Key("hypervisor", "max_vcpus", 4, int, "vCPUs that can be hot-added.", check=_positive),
+    Key("hypervisor", "memory_mib", 256, int, "Guest RAM in MiB.", check=_positive),
+    Key("hypervisor", "kernel_params", "", str, "Extra guest kernel parameters (appended)."),
+    Key("hypervisor", "vmgenid", False, bool,
+        "Add a vmgenid device so the guest kernel reseeds its RNG after a restore."),
+    Key("hypervisor", "hotplug_root_ports", 2, int, "Free PCIe root ports for hot-plug.",
+        check=lambda v: v >= 0),
+    Key("guest", "image_dir", "/var/lib/graft/guest", str,
+        "Directory holding vmlinux and initrd.img from `graft guest build`."),
+    Key("agent", "runtime", "crun", str, "OCI runtime used inside the guest.", ("crun", "runc")),
+    Key("agent", "boot_timeout_s", 60.0, float,
+        "Seconds to wait for the agent to answer after launch.", check=_positive),
+    Key("runtime", "state_dir", "/run/graft", str, "Where per-sandbox sockets and mounts live."),
+    Key("runtime", "log_level", "info", str, "Shim log level.",
+        ("debug", "info", "warning", "error")),
+    Key("factory", "enable_template", False, bool,
+        "Restore sandboxes from the template built by `graft factory init`, when valid."),
+    Key("factory", "template_path", "/run/graft/template", str,
+        "Template directory (a tmpfs sized guest memory + 8 MiB is mounted there)."),
+)
+
+
+@dataclass(frozen=True)
+class GraftConfig:
+    values: dict[tuple[str, str], Any] = field(default_factory=dict)
+    source: Path | None = None
+
+    def get(self, section: str, name: str) -> Any:
+        return self.values[(section, name)]
+
+    # Typed accessors for the keys other modules use most.
+    @property
+    def state_dir(self) -> Path:
+        return Path(self.get("runtime", "state_dir"))
+
+    @property
+    def guest_image_dir(self) -> Path:
+        return Path(os.environ.get("GRAFT_GUEST_DIR") or self.get("guest", "image_dir"))
+
+    @property
+    def template_path(self) -> Path:
+        return Path(self.get("factory", "template_path"))
+
+    @property
+    def enable_template(self) -> bool:
+        return bool(self.get("factory", "enable_template"))
+
+
+def _coerce(key: Key, raw: Any) -> Any:
+    where = f"[{key.section}] {key.name}"
+    if key.kind is float and isinstance(raw, int) and not isinstance(raw, bool):
+        raw = float(raw)
+    if (key.kind is int and isinstance(raw, bool)) or not isinstance(raw, key.kind):
+        raise ConfigError(f"{where}: expected {key.kind.__name__}, got {raw!r}")
+    if key.choices and raw not in key.choices:
+        raise ConfigError(f"{where}: {raw!r} is not one of {', '.join(key.choices)}")
+    if key.check is not None and not key.check(raw):
+        raise ConfigError(f"{where}: {raw!r} is out of range")
+    return raw
+
+
+def parse_config(data: dict[str, Any], source: Path | None = None) -> GraftConfig:
+    known = {(k.section, k.name): k for k in KEYS}
+    sections = {k.section for k in KEYS}
+    values = {(k.section, k.name): k.default for k in KEYS}
+    for section, table in data.items():
+        if section not in sections:
+            raise ConfigError(f"unknown section [{section}]")
+        if not isinstance(table, dict):
+            raise ConfigError(f"[{section}] must be a table")
+        for name, raw in table.items():
+            key = known.get((section, name))
+            if key is None:
+                raise ConfigError(f"[{section}] {name}: unknown key")
+            values[(section, name)] = _coerce(key, raw)
+    if values[("hypervisor", "max_vcpus")] < values[("hypervisor", "vcpus")]:
+        raise ConfigError("[hypervisor] max_vcpus: must be >= vcpus")
+    return GraftConfig(values=values, source=source)
+
+
+def load_config(path: Path | str | None = None) -> GraftConfig:
+    """Load from *path*, else $GRAFT_CONFIG, else the default file (optional)."""
+    explicit = path or os.environ.get("GRAFT_CONFIG") or None
+    target = Path(explicit) if explicit else DEFAULT_CONFIG_PATH
+    try:
+        raw = target.read_bytes()
+    except FileNotFoundError:
+        if explicit:
+            raise ConfigError(f"config file {target} does not exist") from None
+        return parse_config({})
+    try:
+        data = tomllib.loads(raw.decode())
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{target}: not valid TOML: {exc}") from exc
+    return parse_config(data, source=target)
+
+
+def render_default_config() -> str:
+    """The documented default configuration file."""
+    out: list[str] = []
+    section = None
+    for key in KEYS:
+        if key.section != section:
+            section = key.section
+            out.append(f"\n[{section}]")
+        choices = f" One of: {', '.join(key.choices)}." if key.choices else ""
+        out.append(f"# {key.doc}{choices}")
+        value = key.default
+        rendered = ("true" if value else "false") if isinstance(value, bool) else (
+            f'"{value}"' if isinstance(value, str) else str(value))
+        out.append(f"{key.name} = {rendered}")
+    return "\n".join(out).lstrip() + "\n"

@@ -1,0 +1,145 @@
+"""Get a running VM with a connected agent: restore a template or cold boot.
+
+The factory never builds a template inline; templates are made out of band by
+`graft factory init`. Whatever path is taken is recorded in :class:`BootPath`
+so the sandbox can show it (log line, `graft status`, annotation/metric).
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from shim.agent.client import AgentClient, connect_agent
+from shim.config import GraftConfig
+from shim.hypervisor.base import (FileBackedMemoryConfig, Hypervisor, HypervisorConfig,
+                                  HypervisorError, VmPaths)
+from shim.sandbox.vm_config import hypervisor_config
+
+log = logging.getLogger(__name__)
+
+RESEED_BYTES = 512
+
+
+@dataclass(frozen=True)
+class BootPath:
+    restored: bool
+    reason: str  # why a cold boot happened, or which template was restored
+
+    def describe(self) -> str:
+        return f"restored ({self.reason})" if self.restored else f"cold boot ({self.reason})"
+
+
+@dataclass
+class BootedVm:
+    hypervisor: Hypervisor
+    agent: AgentClient
+    boot_path: BootPath
+    seconds: float  # launch → agent answering
+
+
+def make_hypervisor(config: GraftConfig, vm_id: str, hv_config: HypervisorConfig,
+                    paths: VmPaths, netns: Path | None) -> Hypervisor:
+    kind = config.get("hypervisor", "kind")
+    if kind == "clh":
+        from shim.hypervisor.clh import CloudHypervisor
+        return CloudHypervisor(vm_id, hv_config, paths, netns)
+    from shim.hypervisor.qemu import QemuHypervisor
+    return QemuHypervisor(vm_id, hv_config, paths, netns)
+
+
+async def _connect(config: GraftConfig, vm: Hypervisor, started: float) -> AgentClient:
+    loop = asyncio.get_running_loop()
+    timeout = float(config.get("agent", "boot_timeout_s"))
+    connecting = asyncio.ensure_future(connect_agent(vm.open_agent_stream, started + timeout))
+    exited = asyncio.ensure_future(vm.wait_exit())
+    try:
+        done, _ = await asyncio.wait({connecting, exited}, return_when=asyncio.FIRST_COMPLETED)
+        if connecting in done:
+            return connecting.result()
+        raise HypervisorError(
+            f"VM {vm.vm_id} exited (status {exited.result()}) before its agent answered; "
+            f"console:\n{vm.console_tail()}")
+    except TimeoutError:
+        raise HypervisorError(
+            f"agent of VM {vm.vm_id} did not answer within {timeout:.0f}s "
+            f"(launched {loop.time() - started:.1f}s ago); console:\n{vm.console_tail()}") from None
+    finally:
+        for task in (connecting, exited):
+            task.cancel()
+        await asyncio.gather(connecting, exited, return_exceptions=True)
+
+
+async def cold_boot(config: GraftConfig, vm_id: str, paths: VmPaths,
+                    netns: Path | None, reason: str) -> BootedVm:
+    hv_config = hypervisor_config(config)
+    vm = make_hypervisor(config, vm_id, hv_config, paths, netns)
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    try:
+        await vm.start_vm()
+        agent = await _connect(config, vm, started)
+    except BaseException:
+        await vm.stop_vm()
+        raise
+    return BootedVm(vm, agent, BootPath(False, reason), loop.time() - started)
+
+
+async def restore_clone(config: GraftConfig, vm_id: str, paths: VmPaths, netns: Path | None,
+                        template_dir: Path, memory_file: Path, reason: str) -> BootedVm:
+    """Restore a clone of the template in *template_dir* (private memory),
+    resume it and wait for its agent."""
+    hv_config = hypervisor_config(
+        config, file_backed_memory=FileBackedMemoryConfig(path=memory_file, shared=False))
+    vm = make_hypervisor(config, vm_id, hv_config, paths, netns)
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    try:
+        await vm.restore_vm(template_dir)
+        await vm.resume_vm()
+        agent = await _connect(config, vm, started)
+        try:
+            await refresh_clone_identity(agent)
+        except BaseException:
+            await agent.close()
+            raise
+    except BaseException:
+        await vm.stop_vm()
+        raise
+    return BootedVm(vm, agent, BootPath(True, reason), loop.time() - started)
+
+
+async def refresh_clone_identity(agent: AgentClient) -> None:
+    """Every clone resumes with the template's RNG state and wall clock:
+    push fresh host entropy and the current time before anything runs."""
+    await agent.reseed_random_dev(os.urandom(RESEED_BYTES))
+    now_ns = time.time_ns()
+    await agent.set_guest_date_time(now_ns // 1_000_000_000, (now_ns // 1000) % 1_000_000)
+
+
+async def boot_vm(config: GraftConfig, vm_id: str, paths: VmPaths,
+                  netns: Path | None = None) -> BootedVm:
+    """Restore from a valid template when enabled, else cold boot. A
+    template problem is never fatal: it is logged and we cold boot."""
+    if not config.enable_template:
+        return await cold_boot(config, vm_id, paths, netns, "templates disabled")
+    from shim.factory.template import TemplateUnusable, find_usable_template
+
+    try:
+        template = find_usable_template(config)
+    except TemplateUnusable as why:
+        log.info("sandbox %s: cold boot: %s", vm_id, why)
+        return await cold_boot(config, vm_id, paths, netns, str(why))
+    try:
+        booted = await restore_clone(config, vm_id, paths, netns, template.directory,
+                                     template.memory_file, f"template {template.directory}")
+    except (HypervisorError, OSError, TimeoutError) as exc:
+        log.warning("sandbox %s: restore from %s failed, cold boot instead: %s",
+                    vm_id, template.directory, exc)
+        return await cold_boot(config, vm_id, paths, netns, f"restore failed: {exc}")
+    log.info("sandbox %s: restored from template %s in %.3fs", vm_id, template.directory,
+             booted.seconds)
+    return booted

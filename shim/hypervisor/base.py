@@ -1,0 +1,171 @@
+"""The hypervisor abstraction: generic VM primitives, no template policy.
+
+A hypervisor knows how to create, cold-boot, stop, pause and resume a VM and
+how to save/restore its device state to/from a directory. *Where* to save,
+shared vs private memory and post-restore housekeeping are decided by the
+factory (shim/factory), never here.
+"""
+from __future__ import annotations
+
+import abc
+import asyncio
+import enum
+from dataclasses import dataclass, field
+from pathlib import Path
+
+
+class Accelerator(enum.Enum):
+    AUTO = "auto"
+    KVM = "kvm"
+    TCG = "tcg"
+
+
+@dataclass(frozen=True)
+class FileBackedMemoryConfig:
+    """Guest RAM backed by a file.
+
+    shared=True: guest writes go to the file (a template being built).
+    shared=False: the file is mapped private/copy-on-write (a clone), so the
+    file is never modified and its pages are shared between clones.
+    """
+
+    path: Path
+    shared: bool
+
+
+@dataclass(frozen=True)
+class HypervisorConfig:
+    """Everything that shapes a VM. Fields that a template's saved state
+    depends on are listed by :meth:`template_identity`."""
+
+    kernel: Path
+    initrd: Path
+    kernel_params: tuple[str, ...] = ()
+    vcpus: int = 1
+    max_vcpus: int = 4
+    memory_mib: int = 256
+    accelerator: Accelerator = Accelerator.AUTO
+    binary: Path | None = None  # None = look up the default on PATH
+    file_backed_memory: FileBackedMemoryConfig | None = None
+    vmgenid: bool = False
+    # PCIe root ports left free for hot-plug (NICs, later disks).
+    hotplug_root_ports: int = 2
+    # Name of the virtio-serial port the agent listens on.
+    agent_port_name: str = "graft.agent"
+    # 9p mount tag of the shared directory.
+    share_mount_tag: str = "graftshare"
+    extra_args: tuple[str, ...] = field(default=())
+
+    def template_identity(self) -> dict[str, object]:
+        """The parts of the config a saved VM state is only valid for."""
+        return {
+            "kernel_params": list(self.kernel_params),
+            "vcpus": self.vcpus,
+            "max_vcpus": self.max_vcpus,
+            "memory_mib": self.memory_mib,
+            "vmgenid": self.vmgenid,
+            "hotplug_root_ports": self.hotplug_root_ports,
+            "agent_port_name": self.agent_port_name,
+            "share_mount_tag": self.share_mount_tag,
+            "extra_args": list(self.extra_args),
+        }
+
+
+@dataclass(frozen=True)
+class VmPaths:
+    """Per-VM host paths; every file a VM creates lives under run_dir."""
+
+    run_dir: Path
+    shared_dir: Path  # exported to the guest over 9p (container rootfs trees)
+
+    @property
+    def agent_socket(self) -> Path:
+        return self.run_dir / "agent.sock"
+
+    @property
+    def console_log(self) -> Path:
+        return self.run_dir / "console.log"
+
+    @property
+    def control_socket(self) -> Path:  # QMP for QEMU, REST API for CLH
+        return self.run_dir / "control.sock"
+
+
+@dataclass(frozen=True)
+class NetworkDevice:
+    """A NIC to hot-plug: a tap device that exists in the VMM's netns."""
+
+    id: str
+    tap_name: str
+    mac: str
+    tap_fds: tuple[int, ...] = ()
+
+
+class HypervisorError(Exception):
+    """A VMM failed; the message includes the tail of the console log."""
+
+
+class VmExited(HypervisorError):
+    """The VMM process is gone."""
+
+
+class Hypervisor(abc.ABC):
+    """One VM. Create it, then either start_vm() (cold boot) or
+    restore_vm(dir) + resume_vm() (from saved state)."""
+
+    def __init__(self, vm_id: str, config: HypervisorConfig, paths: VmPaths,
+                 netns: Path | None = None) -> None:
+        self.vm_id = vm_id
+        self.config = config
+        self.paths = paths
+        self.netns = netns
+
+    @abc.abstractmethod
+    async def start_vm(self, timeout: float = 30.0) -> None:
+        """Launch the VMM and cold-boot the guest (returns once it runs)."""
+
+    @abc.abstractmethod
+    async def stop_vm(self) -> None:
+        """Stop the VM and remove every file it created. Idempotent."""
+
+    @abc.abstractmethod
+    async def pause_vm(self) -> None: ...
+
+    @abc.abstractmethod
+    async def resume_vm(self) -> None: ...
+
+    @abc.abstractmethod
+    async def save_vm(self, directory: Path) -> None:
+        """Save the (paused) VM's device state into *directory*."""
+
+    @abc.abstractmethod
+    async def restore_vm(self, directory: Path, timeout: float = 30.0) -> None:
+        """Launch the VMM from state saved in *directory*; VM left paused."""
+
+    @abc.abstractmethod
+    async def add_network_device(self, device: NetworkDevice) -> None: ...
+
+    @abc.abstractmethod
+    async def wait_exit(self) -> int:
+        """Block until the VMM process exits; returns its exit status."""
+
+    @property
+    @abc.abstractmethod
+    def pid(self) -> int | None:
+        """PID of the VMM process, None before start/after stop."""
+
+    @abc.abstractmethod
+    async def version(self) -> str:
+        """The VMM's version string (recorded in template metadata)."""
+
+    async def open_agent_stream(self) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+        """A byte stream to the guest agent (virtio-serial chardev socket by
+        default; hybrid-vsock VMMs override this)."""
+        return await asyncio.open_unix_connection(str(self.paths.agent_socket))
+
+    def console_tail(self, lines: int = 40) -> str:
+        try:
+            text = self.paths.console_log.read_text(errors="replace")
+        except OSError:
+            return ""
+        return "\n".join(text.splitlines()[-lines:])

@@ -1,0 +1,188 @@
+"""One pod sandbox: a VM, its agent, and the host resources it owns.
+
+Phases: launch (prepare dirs → factory boots or restores the VM → agent
+CreateSandbox), per container (rootfs bind-mounted into the 9p share), stop
+(agent DestroySandbox → VM stop → unmount → remove dirs). Everything a sandbox
+creates on the host lives under ``<state_dir>/sandboxes/<id>/`` so that
+:func:`cleanup_sandbox_leftovers` can remove it even when the owning process
+died.
+"""
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import re
+import shutil
+import signal
+import time
+from pathlib import Path
+
+import psutil
+
+from shim.agent.client import AgentClient
+from shim.config import GraftConfig
+from shim.factory.boot import BootPath, boot_vm
+from shim.hypervisor.base import Hypervisor, VmPaths
+from shim.sandbox.mounts import bind_mount, unmount, unmount_all_under
+
+log = logging.getLogger(__name__)
+
+GUEST_SHARE_MOUNT = "/run/graft/shared"
+_VALID_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
+_VMM_PID_FILE = "vmm.pid"
+_BOOT_PATH_FILE = "boot_path.json"
+
+
+class InvalidSandboxId(ValueError):
+    pass
+
+
+def sandbox_dir(config: GraftConfig, sandbox_id: str) -> Path:
+    if not _VALID_ID.match(sandbox_id):
+        raise InvalidSandboxId(f"invalid sandbox/container id {sandbox_id!r}")
+    return config.state_dir / "sandboxes" / sandbox_id
+
+
+class Sandbox:
+    def __init__(self, sandbox_id: str, config: GraftConfig, paths: VmPaths,
+                 vm: Hypervisor, agent: AgentClient, boot_path: BootPath) -> None:
+        self.id = sandbox_id
+        self.config = config
+        self.paths = paths
+        self.vm = vm
+        self.agent = agent
+        self.boot_path = boot_path
+        self._stopped = False
+        self._rootfs: dict[str, Path] = {}
+
+    @classmethod
+    async def launch(cls, sandbox_id: str, config: GraftConfig, netns: Path | None = None,
+                     hostname: str = "", dns: list[str] | None = None) -> "Sandbox":
+        run_dir = sandbox_dir(config, sandbox_id)
+        if run_dir.exists():
+            raise FileExistsError(f"sandbox {sandbox_id} already exists at {run_dir}")
+        paths = VmPaths(run_dir=run_dir, shared_dir=run_dir / "shared")
+        paths.shared_dir.mkdir(parents=True, mode=0o700)
+        try:
+            booted = await boot_vm(config, sandbox_id, paths, netns)
+        except BaseException:
+            _remove_run_dir(run_dir)
+            raise
+        sandbox = cls(sandbox_id, config, paths, booted.hypervisor, booted.agent,
+                      booted.boot_path)
+        try:
+            sandbox._record_state(booted.seconds)
+            await booted.agent.create_sandbox(
+                sandbox_id=sandbox_id, hostname=hostname or sandbox_id[:63],
+                share_mount_tag=booted.hypervisor.config.share_mount_tag,
+                share_mount_point=GUEST_SHARE_MOUNT, dns=dns)
+        except BaseException:
+            await sandbox.stop()
+            raise
+        log.info("sandbox %s: %s in %.2fs", sandbox_id, booted.boot_path.describe(),
+                 booted.seconds)
+        return sandbox
+
+    def _record_state(self, boot_seconds: float) -> None:
+        (self.paths.run_dir / _VMM_PID_FILE).write_text(str(self.vm.pid))
+        (self.paths.run_dir / _BOOT_PATH_FILE).write_text(json.dumps({
+            "restored": self.boot_path.restored, "reason": self.boot_path.reason,
+            "boot_seconds": round(boot_seconds, 3), "created_at": time.time()}))
+
+    @property
+    def vmm_pid(self) -> int | None:
+        return self.vm.pid
+
+    async def wait_vm_exit(self) -> int:
+        return await self.vm.wait_exit()
+
+    # -- per container -------------------------------------------------------
+    def add_container_rootfs(self, container_id: str, rootfs: Path) -> str:
+        """Expose *rootfs* to the guest; returns its path inside the guest."""
+        sandbox_dir(self.config, container_id)  # validates the id
+        if container_id in self._rootfs:
+            raise FileExistsError(f"container {container_id} already has a rootfs")
+        target = self.paths.shared_dir / container_id / "rootfs"
+        target.mkdir(parents=True)
+        try:
+            bind_mount(rootfs, target)
+        except OSError:
+            shutil.rmtree(target.parent, ignore_errors=True)
+            raise
+        self._rootfs[container_id] = target
+        return f"{GUEST_SHARE_MOUNT}/{container_id}/rootfs"
+
+    def remove_container_rootfs(self, container_id: str) -> None:
+        target = self._rootfs.pop(container_id, None)
+        if target is None:
+            return
+        unmount_all_under(target)
+        shutil.rmtree(target.parent, ignore_errors=True)
+
+    # -- whole VM --------------------------------------------------------------
+    async def pause_vm(self) -> None:
+        await self.vm.pause_vm()
+
+    async def resume_vm(self) -> None:
+        await self.vm.resume_vm()
+
+    async def stop(self) -> None:
+        """Tear everything down. Idempotent; never raises for a dead VM."""
+        if self._stopped:
+            return
+        self._stopped = True
+        if not self.agent.closed:
+            try:
+                await asyncio.wait_for(self.agent.destroy_sandbox(), 5)
+            except Exception as exc:  # the VM may be dead or wedged: stop it anyway
+                log.debug("sandbox %s: DestroySandbox failed: %s", self.id, exc)
+            await self.agent.close()
+        await self.vm.stop_vm()
+        for container_id in list(self._rootfs):
+            self.remove_container_rootfs(container_id)
+        _remove_run_dir(self.paths.run_dir)
+
+
+def _remove_run_dir(run_dir: Path) -> None:
+    unmount_all_under(run_dir)
+    shutil.rmtree(run_dir, ignore_errors=True)
+
+
+def _kill_recorded_vmm(run_dir: Path) -> None:
+    try:
+        pid = int((run_dir / _VMM_PID_FILE).read_text())
+        proc = psutil.Process(pid)
+        # Only kill it if it really is this sandbox's VMM (pids get reused).
+        if not any(str(run_dir) in arg for arg in proc.cmdline()):
+            return
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(5)
+    except (OSError, ValueError, psutil.Error):
+        pass
+
+
+def cleanup_sandbox_leftovers(config: GraftConfig, sandbox_id: str) -> None:
+    """Remove whatever a dead owner left of *sandbox_id*: VMM process,
+    mounts, sockets, directories. Safe to call when nothing is left."""
+    run_dir = sandbox_dir(config, sandbox_id)
+    if not run_dir.exists():
+        return
+    _kill_recorded_vmm(run_dir)
+    _remove_run_dir(run_dir)
+
+
+def read_boot_path(config: GraftConfig, sandbox_id: str) -> dict | None:
+    try:
+        return json.loads((sandbox_dir(config, sandbox_id) / _BOOT_PATH_FILE).read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def list_sandboxes(config: GraftConfig) -> list[str]:
+    root = config.state_dir / "sandboxes"
+    return sorted(p.name for p in root.iterdir()) if root.is_dir() else []
+
+
+__all__ = ["Sandbox", "cleanup_sandbox_leftovers", "read_boot_path", "list_sandboxes",
+           "GUEST_SHARE_MOUNT", "InvalidSandboxId"]

@@ -1,0 +1,43 @@
+"""GraftConfig → HypervisorConfig (the one place that knows both)."""
+from __future__ import annotations
+
+from pathlib import Path
+
+from shim.config import DEFAULT_KERNEL_PARAMS, GraftConfig
+from shim.hypervisor.base import Accelerator, FileBackedMemoryConfig, HypervisorConfig
+
+
+class GuestImageMissing(FileNotFoundError):
+    """The kernel or initrd is not there: `graft guest build` has not run."""
+
+
+def guest_image_paths(config: GraftConfig) -> tuple[Path, Path]:
+    image = config.guest_image_dir
+    kernel, initrd = image / "vmlinux", image / "initrd.img"
+    for path in (kernel, initrd):
+        if not path.is_file():
+            raise GuestImageMissing(
+                f"guest image file {path} is missing: run `graft guest build` "
+                f"(or set [guest] image_dir / GRAFT_GUEST_DIR)")
+    return kernel, initrd
+
+
+def hypervisor_config(config: GraftConfig,
+                      file_backed_memory: FileBackedMemoryConfig | None = None
+                      ) -> HypervisorConfig:
+    kernel, initrd = guest_image_paths(config)
+    hv = lambda name: config.get("hypervisor", name)  # noqa: E731
+    params = DEFAULT_KERNEL_PARAMS.split() + str(hv("kernel_params")).split()
+    return HypervisorConfig(
+        kernel=kernel,
+        initrd=initrd,
+        kernel_params=tuple(params),
+        vcpus=hv("vcpus"),
+        max_vcpus=hv("max_vcpus"),
+        memory_mib=hv("memory_mib"),
+        accelerator=Accelerator(hv("accelerator")),
+        binary=Path(hv("binary")) if hv("binary") else None,
+        file_backed_memory=file_backed_memory,
+        vmgenid=hv("vmgenid"),
+        hotplug_root_ports=hv("hotplug_root_ports"),
+    )
