@@ -55,6 +55,10 @@ class HypervisorConfig:
     # 9p mount tag of the shared directory.
     share_mount_tag: str = "graftshare"
     extra_args: tuple[str, ...] = field(default=())
+    # Cloud Hypervisor only: it shares directories over virtio-fs, served by a
+    # virtiofsd the caller runs on this socket. None = no share device (QEMU
+    # always exports VmPaths.shared_dir over 9p and ignores this field).
+    virtiofs_socket: Path | None = None
 
     def template_identity(self) -> dict[str, object]:
         """The parts of the config a saved VM state is only valid for."""
@@ -68,6 +72,9 @@ class HypervisorConfig:
             "agent_port_name": self.agent_port_name,
             "share_mount_tag": self.share_mount_tag,
             "extra_args": list(self.extra_args),
+            # Only present when set, so identities of configs without it are
+            # unchanged.
+            **({"virtiofs_share": True} if self.virtiofs_socket else {}),
         }
 
 
@@ -144,6 +151,11 @@ class Hypervisor(abc.ABC):
 
     @abc.abstractmethod
     async def add_network_device(self, device: NetworkDevice) -> None: ...
+
+    async def add_vcpus(self, count: int) -> None:
+        """Hot-add *count* vCPUs (up to config.max_vcpus). The guest still
+        has to online them."""
+        raise HypervisorError(f"{type(self).__name__} cannot hot-add vCPUs")
 
     @abc.abstractmethod
     async def wait_exit(self) -> int:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import socket
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from typing import NamedTuple
 
 from google.protobuf.descriptor import ServiceDescriptor
@@ -84,6 +84,10 @@ class Server:
         self._connections.add(task)
         try:
             await self.serve_connection(reader, writer)
+        except asyncio.CancelledError:
+            # Only close() cancels us. Python 3.11's stream callback would log a cancelled
+            # connection task as an error, so end it normally instead.
+            pass
         finally:
             self._connections.discard(task)
 
@@ -137,7 +141,7 @@ class _Connection:
         log.warning("ttrpc: rejecting stream %d: %s", stream_id, message)
         self._spawn(self._send_response(stream_id, _error_response(code, message)))
 
-    def _spawn(self, coro: Awaitable[None]) -> None:
+    def _spawn(self, coro: Coroutine[None, None, None]) -> None:
         task = asyncio.ensure_future(coro)
         self._handlers.add(task)
         task.add_done_callback(self._handlers.discard)

@@ -55,9 +55,13 @@ class FrameWriter:
             except OSError as exc:
                 raise ConnectionClosed(str(exc)) from None
 
-    async def close(self) -> None:
+    async def close(self, flush_timeout: float = 1.0) -> None:
+        """Close, giving unsent frames a moment to flush; a peer that never reads is cut off."""
         self._writer.close()
         try:
-            await self._writer.wait_closed()
+            async with asyncio.timeout(flush_timeout):
+                await self._writer.wait_closed()
+        except TimeoutError:
+            self._writer.transport.abort()
         except OSError:
             pass  # already reset by the peer: nothing left to release

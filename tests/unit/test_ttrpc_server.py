@@ -444,9 +444,8 @@ async def test_raw_oversized_frame_is_discarded_and_answered(sock_path, caplog):
         # Header claims MAX+1 bytes; the body even looks like the start of a valid request.
         body = messages.Request(service=SERVICE, method="Echo").SerializeToString()
         body += b"\x00" * (MAX_PAYLOAD + 1 - len(body))
-        await peer.send(encode_frame(7, FrameType.REQUEST, b"")[:0]
-                        + (MAX_PAYLOAD + 1).to_bytes(4, "big") + (7).to_bytes(4, "big")
-                        + bytes([FrameType.REQUEST, 0]) + body)
+        header = (MAX_PAYLOAD + 1).to_bytes(4, "big") + (7).to_bytes(4, "big") + b"\x01\x00"
+        await peer.send(header + body)
         stream_id, response = await peer.response()
         assert stream_id == 7 and status_of(response)[0] is Code.RESOURCE_EXHAUSTED
         await peer.request(9, "Echo", StringValue(value="after"))  # framing still in sync
@@ -496,3 +495,16 @@ async def test_raw_abrupt_disconnect_mid_request(sock_path, caplog):
         await asyncio.wait_for(service.started.wait(), 5)
         peer.writer.transport.abort()
         await asyncio.wait_for(service.cancelled.wait(), 5)
+
+
+async def test_peer_that_never_reads_cannot_pin_the_connection(caplog):
+    server, _ = make_server()
+    server_sock, peer_sock = socket.socketpair(socket.AF_UNIX)
+    serving = asyncio.create_task(
+        server.serve_connection(*await asyncio.open_unix_connection(sock=server_sock)))
+    peer = RawPeer(*await asyncio.open_unix_connection(sock=peer_sock))
+    for stream_id in range(1, 40, 2):  # ~20 MiB of answers, far beyond the socket buffers
+        await peer.request(stream_id, "Echo", StringValue(value="x" * (1 << 20)))
+    peer.writer.write_eof()
+    await asyncio.wait_for(serving, 10)  # ends although its answers were never read
+    await peer.close()

@@ -1,0 +1,35 @@
+"""Runtime options containerd writes to `start`'s stdin."""
+from __future__ import annotations
+
+import os
+
+from google.protobuf import any_pb2
+from google.protobuf.message import DecodeError
+
+CONFIG_ENV = "GRAFT_CONFIG"
+_OPTIONS_TYPE = "runtimeoptions.v1.Options"
+
+
+def config_path_from_options(data: bytes) -> str:
+    """ConfigPath from a `runtimeoptions.v1.Options` Any; "" when absent or of another type
+    (containerd 2.3 sends BootstrapParams instead, which carry no config path)."""
+    if not data:
+        return ""
+    try:
+        wrapped = any_pb2.Any.FromString(data)
+    except DecodeError:
+        return ""
+    if wrapped.type_url.rsplit("/", 1)[-1] != _OPTIONS_TYPE:
+        return ""
+    from shim.api.containerd import runtimeoptions_pb2
+
+    try:
+        return runtimeoptions_pb2.Options.FromString(wrapped.value).config_path
+    except DecodeError:
+        return ""
+
+
+def resolve_config_path(options_data: bytes, environ: dict[str, str] | None = None) -> str:
+    """The config file: runtime options first, then $GRAFT_CONFIG, else "" (built-in defaults)."""
+    env = os.environ if environ is None else environ
+    return config_path_from_options(options_data) or env.get(CONFIG_ENV, "")

@@ -1,0 +1,1 @@
+"""Domain of the task API: containers, their processes, state rules and stdio plumbing."""
