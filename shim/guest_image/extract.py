@@ -31,7 +31,7 @@ def extract_deb(deb: Path, dest: Path, select: Callable[[str], bool] | None = No
                 rel = _safe_relpath(member.name, deb)
                 if rel is None or (select is not None and not select(rel)):
                     continue
-                _extract_member(tar, member, dest / rel)
+                _extract_member(tar, member, dest, rel, deb)
                 extracted.append(rel)
     except tarfile.TarError as exc:
         raise GuestImageError(f"{deb.name}: corrupt package data: {exc}") from exc
@@ -76,7 +76,8 @@ def _safe_relpath(name: str, archive: Path) -> str | None:
     return "/".join(parts)
 
 
-def _extract_member(tar: tarfile.TarFile, member: tarfile.TarInfo, target: Path) -> None:
+def _extract_member(tar: tarfile.TarFile, member: tarfile.TarInfo, dest: Path, rel: str, deb: Path) -> None:
+    target = dest / rel
     target.parent.mkdir(parents=True, exist_ok=True)
     if member.isdir():
         target.mkdir(exist_ok=True)
@@ -87,8 +88,11 @@ def _extract_member(tar: tarfile.TarFile, member: tarfile.TarInfo, target: Path)
         os.symlink(member.linkname, target)
     elif member.islnk():
         # Hard links inside a package: store a copy (the initramfs has no hard links).
-        source = target.parent / os.path.relpath(member.linkname, os.path.dirname(member.name))
+        source = dest / (_safe_relpath(member.linkname, deb) or "")
+        if not source.is_file():
+            raise GuestImageError(f"{deb.name}: {rel} is a hard link to {member.linkname}, which was not extracted")
         target.write_bytes(source.read_bytes())
+        os.chmod(target, member.mode & 0o7777)
     elif member.isfile():
         fileobj = tar.extractfile(member)
         assert fileobj is not None
