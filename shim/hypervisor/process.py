@@ -62,16 +62,19 @@ def tail_of_file(path: Path, lines: int = 20, max_bytes: int = 64 * 1024) -> str
 class VmmProcess:
     """One running VMM process. Create with :meth:`spawn`."""
 
-    def __init__(self, proc: asyncio.subprocess.Process, name: str, log_path: Path) -> None:
+    def __init__(self, proc: asyncio.subprocess.Process, name: str, log_path: Path,
+                 exited: asyncio.Event | None = None) -> None:
         self._proc = proc
         self.name = name
         self.log_path = log_path
-        self.exited = asyncio.Event()
+        # Set once the process is reaped; may be an event owned by the caller.
+        self.exited = exited if exited is not None else asyncio.Event()
         self._watcher = asyncio.create_task(self._watch(), name=f"{name}-exit-watch")
 
     @classmethod
     async def spawn(cls, argv: Sequence[str], *, name: str, log_path: Path,
-                    netns: Path | None = None, pass_fds: Sequence[int] = ()) -> "VmmProcess":
+                    netns: Path | None = None, pass_fds: Sequence[int] = (),
+                    exited: asyncio.Event | None = None) -> "VmmProcess":
         """Start *argv*; its stdout+stderr go to *log_path* (truncated)."""
         netns_fd: int | None = None
         try:
@@ -100,7 +103,7 @@ class VmmProcess:
         finally:
             if netns_fd is not None:
                 os.close(netns_fd)
-        return cls(proc, name, log_path)
+        return cls(proc, name, log_path, exited)
 
     async def _watch(self) -> None:
         try:

@@ -1,0 +1,409 @@
+"""Host side of a process's standard streams, pumped to/from the guest agent's stream RPCs.
+
+containerd hands us, per process, URIs for stdin/stdout/stderr:
+  * a plain path or ``fifo://`` path: a named pipe the client (ctr, CRI) reads/writes;
+  * ``file:///path``: append stdout and stderr to a file;
+  * ``binary:///path?k=v``: start a logger that reads stdout on fd 3 and stderr on fd 4 and
+    closes fd 5 once ready.
+
+Rules that keep clients and containers from hanging:
+  * an output fifo gets our own O_RDONLY keep-alive first, so opening the writer never blocks and
+    a client that goes away does not make writes fail; if the fifo stays full for
+    ``STALL_SECONDS`` (nobody reads), we drop the oldest buffered chunk instead of blocking the
+    container;
+  * the stdin fifo is opened with a blocking O_RDONLY in a thread (O_NONBLOCK would read EOF
+    at once when the client has not opened it yet); closing unblocks that open;
+  * writers are closed at the process's end of output, which gives the client its EOF.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import stat
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+from urllib.parse import parse_qsl, urlsplit
+
+log = logging.getLogger(__name__)
+
+STALL_SECONDS = 5.0
+LOGGER_READY_SECONDS = 10.0
+_CHUNK = 64 * 1024
+
+
+@dataclass(frozen=True)
+class StdioSpec:
+    stdin: str = ""
+    stdout: str = ""
+    stderr: str = ""
+    terminal: bool = False
+
+    @property
+    def has_stdin(self) -> bool:
+        return bool(self.stdin)
+
+
+class ProcessStreams(Protocol):
+    """The guest side of one process's streams (agent long-poll RPCs)."""
+
+    async def read_stdout(self) -> tuple[bytes, bool]: ...
+    async def read_stderr(self) -> tuple[bytes, bool]: ...
+    async def write_stdin(self, data: bytes) -> int: ...
+    async def close_stdin(self) -> None: ...
+
+
+class StdioError(ValueError):
+    pass
+
+
+# -- output sinks ------------------------------------------------------------------------------
+
+class Sink:
+    async def write(self, data: bytes) -> None:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        pass
+
+
+class DiscardSink(Sink):
+    async def write(self, data: bytes) -> None:
+        pass
+
+
+class PipeSink(Sink):
+    """Non-blocking writes to a fifo/pipe; optional keep-alive reader used to shed a stall."""
+
+    def __init__(self, fd: int, keepalive_fd: int | None, name: str) -> None:
+        self._fd: int | None = fd
+        self._keepalive = keepalive_fd
+        self._name = name
+        self._warned = False
+        os.set_blocking(fd, False)
+
+    async def write(self, data: bytes) -> None:
+        view = memoryview(data)
+        while view and self._fd is not None:
+            try:
+                view = view[os.write(self._fd, view):]
+            except BlockingIOError:
+                if not await _wait_writable(self._fd, STALL_SECONDS):
+                    self._shed()
+            except OSError as exc:  # EPIPE: the reader is gone for good; discard from now on
+                log.info("stdio %s: reader gone (%s); discarding output", self._name, exc)
+                self._close_writer()
+
+    def _shed(self) -> None:
+        if self._keepalive is None:
+            return  # a pipe to a logger: back-pressure is the logger's business
+        if not self._warned:
+            log.warning("stdio %s: nobody reads; dropping old output", self._name)
+            self._warned = True
+        try:
+            os.read(self._keepalive, _CHUNK)
+        except BlockingIOError:
+            pass
+
+    def _close_writer(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+
+    def close(self) -> None:
+        self._close_writer()
+        if self._keepalive is not None:
+            os.close(self._keepalive)
+            self._keepalive = None
+
+
+class FileSink(Sink):
+    def __init__(self, fd: int) -> None:
+        self._fd: int | None = fd
+
+    async def write(self, data: bytes) -> None:
+        if self._fd is not None:
+            await asyncio.to_thread(_write_all, self._fd, data)
+
+    def close(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view):]
+
+
+async def _wait_writable(fd: int, timeout: float) -> bool:
+    loop = asyncio.get_running_loop()
+    ready = loop.create_future()
+    loop.add_writer(fd, lambda: ready.done() or ready.set_result(None))
+    try:
+        await asyncio.wait_for(ready, timeout)
+        return True
+    except TimeoutError:
+        return False
+    finally:
+        loop.remove_writer(fd)
+
+
+def open_fifo_sink(path: str, name: str) -> Sink:
+    try:
+        if not stat.S_ISFIFO(os.stat(path).st_mode):
+            raise StdioError(f"{name}: {path} is not a fifo")
+        keepalive = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    except FileNotFoundError as exc:
+        raise StdioError(f"{name}: fifo {path} does not exist") from exc
+    try:
+        # Cannot block or fail with ENXIO: our keep-alive is a reader.
+        writer = os.open(path, os.O_WRONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError:
+        os.close(keepalive)
+        raise
+    return PipeSink(writer, keepalive, name)
+
+
+# -- stdin source -------------------------------------------------------------------------------
+
+class FifoSource:
+    """Reads the client's stdin fifo; opening waits (in a thread) until the client opens it."""
+
+    def __init__(self, path: str) -> None:
+        self._path = path
+        self._fd: int | None = None
+        self._closing = False
+
+    async def open(self) -> bool:
+        try:
+            fd = await asyncio.to_thread(os.open, self._path, os.O_RDONLY | os.O_CLOEXEC)
+        except OSError as exc:
+            log.warning("stdin %s: cannot open: %s", self._path, exc)
+            return False
+        if self._closing:
+            os.close(fd)
+            return False
+        os.set_blocking(fd, False)
+        self._fd = fd
+        return True
+
+    async def read(self) -> bytes:
+        """Next chunk; b"" at EOF."""
+        assert self._fd is not None
+        loop = asyncio.get_running_loop()
+        while True:
+            try:
+                return os.read(self._fd, _CHUNK)
+            except BlockingIOError:
+                ready = loop.create_future()
+                loop.add_reader(self._fd, lambda: ready.done() or ready.set_result(None))
+                try:
+                    await ready
+                finally:
+                    loop.remove_reader(self._fd)
+
+    def close(self) -> None:
+        self._closing = True
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+            return
+        # A thread may be blocked in open(O_RDONLY) waiting for a writer: become that writer.
+        try:
+            os.close(os.open(self._path, os.O_WRONLY | os.O_NONBLOCK | os.O_CLOEXEC))
+        except OSError:
+            pass
+
+
+# -- one process's stdio ---------------------------------------------------------------------------
+
+class ProcessIO:
+    """Opens the host ends of one process's stdio and pumps them; owns its tasks."""
+
+    def __init__(self, spec: StdioSpec, streams: ProcessStreams, container_id: str,
+                 namespace: str) -> None:
+        self.spec = spec
+        self._streams = streams
+        self._container_id = container_id
+        self._namespace = namespace
+        self._stdout: Sink = DiscardSink()
+        self._stderr: Sink = DiscardSink()
+        self._stdin: FifoSource | None = None
+        self._logger: asyncio.subprocess.Process | None = None
+        self._output_tasks: list[asyncio.Task] = []
+        self._stdin_task: asyncio.Task | None = None
+        self._output_done = asyncio.Event()
+        self._closed = False
+
+    async def open(self) -> None:
+        try:
+            await self._open_outputs()
+            if self.spec.stdin:
+                self._stdin = FifoSource(_path_of(self.spec.stdin))
+        except BaseException:
+            await self.close()
+            raise
+
+    async def _open_outputs(self) -> None:
+        out, err = self.spec.stdout, self.spec.stderr
+        scheme = urlsplit(out).scheme if out else ""
+        if scheme == "binary":
+            self._stdout, self._stderr = await self._start_logger(out)
+        elif scheme == "file":
+            path = _path_of(out)
+            Path(path).parent.mkdir(parents=True, exist_ok=True)
+            fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o640)
+            self._stdout = FileSink(fd)
+            self._stderr = FileSink(os.dup(fd))
+        else:
+            if out:
+                self._stdout = open_fifo_sink(_path_of(out), f"{self._container_id} stdout")
+            if err and not self.spec.terminal:
+                self._stderr = open_fifo_sink(_path_of(err), f"{self._container_id} stderr")
+
+    async def _start_logger(self, uri: str) -> tuple[Sink, Sink]:
+        parts = urlsplit(uri)
+        argv = [parts.path]
+        for key, value in parse_qsl(parts.query, keep_blank_values=True):
+            argv += [key, value] if value else [key]
+        out_r, out_w = os.pipe()
+        err_r, err_w = os.pipe()
+        ready_r, ready_w = os.pipe()
+        env = dict(os.environ, CONTAINER_ID=self._container_id,
+                   CONTAINER_NAMESPACE=self._namespace)
+
+        def child_fds() -> None:  # runs in the child before exec: fds 3, 4, 5
+            # Move the sources above 5 first so one dup2 never clobbers another's source.
+            high = [_dup_above(fd, 10) for fd in (out_r, err_r, ready_w)]
+            for target, fd in zip((3, 4, 5), high):
+                os.dup2(fd, target)
+                os.set_inheritable(target, True)
+
+        try:
+            self._logger = await asyncio.create_subprocess_exec(
+                *argv, stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.DEVNULL,
+                stderr=asyncio.subprocess.DEVNULL, env=env, preexec_fn=child_fds,
+                pass_fds=(out_r, err_r, ready_w), start_new_session=True)
+        except OSError as exc:
+            for fd in (out_r, out_w, err_r, err_w, ready_r, ready_w):
+                os.close(fd)
+            raise StdioError(f"cannot start logger {argv[0]}: {exc}") from exc
+        for fd in (out_r, err_r, ready_w):
+            os.close(fd)
+        try:
+            # Ready when the logger closes (or writes to) fd 5.
+            await asyncio.wait_for(asyncio.to_thread(os.read, ready_r, 1), LOGGER_READY_SECONDS)
+        except TimeoutError:
+            log.warning("logger %s not ready after %ss; continuing", argv[0], LOGGER_READY_SECONDS)
+        finally:
+            os.close(ready_r)
+        return PipeSink(out_w, None, "logger stdout"), PipeSink(err_w, None, "logger stderr")
+
+    def start(self) -> None:
+        """Start pumping (after the agent knows the process)."""
+        self._output_tasks.append(asyncio.ensure_future(
+            self._pump_out(self._streams.read_stdout, self._stdout, "stdout")))
+        if not self.spec.terminal:
+            self._output_tasks.append(asyncio.ensure_future(
+                self._pump_out(self._streams.read_stderr, self._stderr, "stderr")))
+        if self._stdin is not None:
+            self._stdin_task = asyncio.ensure_future(self._pump_in(self._stdin))
+
+        async def all_output() -> None:
+            await asyncio.gather(*self._output_tasks, return_exceptions=True)
+            self._output_done.set()
+        self._output_tasks.append(asyncio.ensure_future(all_output()))
+
+    async def wait_output(self, timeout: float) -> bool:
+        """Wait until stdout/stderr reached EOF (writers closed); False on timeout."""
+        if not self._output_tasks:
+            return True
+        try:
+            await asyncio.wait_for(self._output_done.wait(), timeout)
+            return True
+        except TimeoutError:
+            return False
+
+    async def _pump_out(self, read: Callable[[], Awaitable[tuple[bytes, bool]]], sink: Sink,
+                        name: str) -> None:
+        try:
+            while True:
+                data, eof = await read()
+                if data:
+                    await sink.write(data)
+                if eof:
+                    return
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # agent gone: nothing more will come
+            log.info("%s %s pump ended: %s", self._container_id, name, exc)
+        finally:
+            sink.close()
+
+    async def _pump_in(self, source: FifoSource) -> None:
+        try:
+            if await source.open():
+                while data := await source.read():
+                    view = memoryview(data)
+                    while view:
+                        view = view[await self._streams.write_stdin(bytes(view)):]
+            await self._streams.close_stdin()
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            log.info("%s stdin pump ended: %s", self._container_id, exc)
+        finally:
+            source.close()
+
+    async def close_stdin(self) -> None:
+        """containerd's CloseIO: the client will send no more input."""
+        if self._stdin_task is not None:
+            self._stdin_task.cancel()
+            await asyncio.gather(self._stdin_task, return_exceptions=True)
+            self._stdin_task = None
+        if self._stdin is not None:
+            self._stdin.close()
+            self._stdin = None
+            try:
+                await self._streams.close_stdin()
+            except Exception as exc:
+                log.info("%s close stdin: %s", self._container_id, exc)
+
+    async def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        tasks = [t for t in [*self._output_tasks, self._stdin_task] if t is not None]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        if self._stdin is not None:
+            self._stdin.close()
+        self._stdout.close()
+        self._stderr.close()
+        if self._logger is not None:
+            try:
+                await asyncio.wait_for(self._logger.wait(), 5)
+            except TimeoutError:
+                self._logger.kill()
+                await self._logger.wait()
+
+
+def _dup_above(fd: int, minimum: int) -> int:
+    import fcntl
+
+    return fcntl.fcntl(fd, fcntl.F_DUPFD, minimum)
+
+
+def _path_of(uri: str) -> str:
+    parts = urlsplit(uri)
+    if parts.scheme in ("", "fifo", "file", "binary"):
+        return parts.path if parts.scheme else uri
+    raise StdioError(f"unsupported stdio URI scheme {parts.scheme!r} in {uri!r}")
+
+
+__all__ = ["ProcessIO", "ProcessStreams", "StdioError", "StdioSpec"]
