@@ -81,6 +81,13 @@ class GraftConfig:
     def get(self, section: str, name: str) -> Any:
         return self.values[(section, name)]
 
+    def with_values(self, overrides: dict[tuple[str, str], Any]) -> "GraftConfig":
+        """A copy with some keys changed (validated like a file would be)."""
+        tables: dict[str, dict[str, Any]] = {}
+        for (section, name), value in {**self.values, **overrides}.items():
+            tables.setdefault(section, {})[name] = value
+        return parse_config(tables, source=self.source)
+
     # Typed accessors for the keys other modules use most.
     @property
     def state_dir(self) -> Path:

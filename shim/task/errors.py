@@ -1,30 +1,17 @@
-"""Domain errors of the task layer; the RPC edge (shim/task_service.py) maps them to codes."""
+"""Domain errors of the task layer (shared with the rest of the shim via shim.errors).
+
+The RPC edge (shim/task_service.py) maps them to ttrpc codes with shim.errors.to_ttrpc_error.
+"""
 from __future__ import annotations
 
-
-class TaskError(Exception):
-    """Base class: something the caller asked for cannot be done."""
-
-
-class NotFound(TaskError):
-    pass
+from shim.errors import (AlreadyExists, FailedPrecondition, GraftError, InvalidArgument,
+                         NotFound, Unavailable)
+from shim.ttrpc import Code
 
 
-class AlreadyExists(TaskError):
-    pass
+class Unimplemented(GraftError):
+    code = Code.UNIMPLEMENTED
 
 
-class InvalidArgument(TaskError):
-    pass
-
-
-class FailedPrecondition(TaskError):
-    """The object is in a state that forbids the operation (e.g. start a stopped process)."""
-
-
-class Unimplemented(TaskError):
-    pass
-
-
-class Unavailable(TaskError):
-    """The sandbox (VM/agent) is gone or unreachable."""
+__all__ = ["AlreadyExists", "FailedPrecondition", "GraftError", "InvalidArgument", "NotFound",
+           "Unavailable", "Unimplemented"]
