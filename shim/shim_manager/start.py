@@ -11,7 +11,7 @@ import sys
 from pathlib import Path
 
 from .args import ShimArgs, to_argv
-from .bundle import bundle_info, read_spec
+from shim.task.bundle import bundle_info, read_spec
 from .runtime_options import CONFIG_ENV
 from . import socket_address
 

@@ -1,6 +1,7 @@
 """What the shim reads from an OCI bundle written by containerd."""
 from __future__ import annotations
 
+import enum
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,6 +18,20 @@ class BundleInfo:
     @property
     def is_sandbox(self) -> bool:
         return self.container_type != "container"
+
+    @property
+    def kind(self) -> "ContainerKind":
+        if self.container_type == "container":
+            return ContainerKind.APP
+        if self.container_type == "sandbox":
+            return ContainerKind.POD_VM
+        return ContainerKind.SINGLE
+
+
+class ContainerKind(enum.Enum):
+    POD_VM = "pod-vm"   # CRI pause container: the task *is* the VM, nothing runs in the guest
+    SINGLE = "single"   # no CRI annotations (ctr run): a pod of one, VM + container in the guest
+    APP = "app"         # CRI app container: runs in its sandbox's VM
 
 
 def read_spec(bundle: Path) -> dict:
@@ -38,3 +53,15 @@ def bundle_info(container_id: str, spec: dict) -> BundleInfo:
                              f"but no {SANDBOX_ID} annotation")
         return BundleInfo(ctype, sandbox)
     return BundleInfo(ctype, container_id)
+
+
+def network_namespace(spec: dict) -> Path | None:
+    """The pod netns path from linux.namespaces (where the VMM must run), if any."""
+    for ns in (spec.get("linux") or {}).get("namespaces") or []:
+        if ns.get("type") == "network" and ns.get("path"):
+            return Path(ns["path"])
+    return None
+
+
+def hostname(spec: dict) -> str:
+    return str(spec.get("hostname") or "")

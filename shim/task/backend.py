@@ -1,0 +1,57 @@
+"""What the task layer needs from the pod's VM: one small interface (faked in unit tests)."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+from google.protobuf.message import Message
+
+from .bundle import ContainerKind
+from .process import ExitInfo
+from .stdio import ProcessStreams, StdioSpec
+
+
+@dataclass(frozen=True)
+class ContainerConfig:
+    id: str
+    bundle: Path
+    spec: dict
+    rootfs: Path          # host path, already mounted
+    stdio: StdioSpec
+    kind: ContainerKind
+    sandbox_id: str
+
+
+class PodBackend(Protocol):
+    async def create_container(self, config: ContainerConfig) -> int:
+        """Create (not start) the container; boots the VM for a POD_VM/SINGLE kind. → pid."""
+
+    async def start_container(self, container_id: str) -> None: ...
+
+    async def exec_process(self, container_id: str, exec_id: str, process_json: bytes,
+                           stdio: StdioSpec) -> int: ...
+
+    async def wait_process(self, container_id: str, exec_id: str) -> ExitInfo:
+        """Return when the process has really exited."""
+
+    async def signal_process(self, container_id: str, exec_id: str, signal: int,
+                             all: bool) -> None: ...
+
+    async def remove_container(self, container_id: str) -> None:
+        """Remove what the container left; the last container tears the VM down."""
+
+    async def list_pids(self, container_id: str) -> list[int]: ...
+    async def pause(self, container_id: str) -> None: ...
+    async def resume(self, container_id: str) -> None: ...
+    async def update(self, container_id: str, resources_json: bytes) -> None: ...
+
+    async def stats(self, container_id: str) -> Message:
+        """cgroups v2 `io.containerd.cgroups.v2.Metrics`."""
+
+    async def resize_pty(self, container_id: str, exec_id: str, rows: int, cols: int) -> None: ...
+
+    def streams(self, container_id: str, exec_id: str) -> ProcessStreams: ...
+
+    async def close(self) -> None:
+        """Tear down whatever is left (daemon exit)."""
