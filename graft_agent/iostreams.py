@@ -71,6 +71,18 @@ class OutputStream:
             os.close(self._fd)
             self._fd = None
 
+    def peek(self) -> bytes:
+        """What is readable right now, without consuming it (for error messages)."""
+        while self._fd is not None and len(self._buf) < self._cap:
+            try:
+                data = os.read(self._fd, _READ_CHUNK)
+            except OSError:
+                break
+            if not data:
+                break
+            self._buf += data
+        return bytes(self._buf)
+
     async def read(self, max_len: int) -> tuple[bytes, bool]:
         """Wait until bytes are available or the stream ended; returns (data, eof)."""
         while not self._buf and not self._eof:

@@ -7,12 +7,15 @@ with a container's stdout/stderr, and a failure's message carries the runtime's 
 from __future__ import annotations
 
 import itertools
+import logging
 import os
 import signal
 
 from .errors import RuntimeFailure
 from .fsutil import which
 from .spawn import DEVNULL, Spawner
+
+log = logging.getLogger(__name__)
 
 SUPPORTED_RUNTIMES = ("crun", "runc")
 
@@ -49,7 +52,7 @@ class OciRuntime:
 
     async def create(self, container_id: str, bundle: str, pid_file: str, stdio: Stdio,
                      console_socket: str | None = None) -> None:
-        args = ["create", "--bundle", bundle, "--pid-file", pid_file]
+        args = ["--bundle", bundle, "--pid-file", pid_file]
         if console_socket:
             args += ["--console-socket", console_socket]
         if self._no_pivot:
@@ -58,7 +61,7 @@ class OciRuntime:
 
     async def exec(self, container_id: str, process_file: str, pid_file: str, stdio: Stdio,
                    console_socket: str | None = None) -> None:
-        args = ["exec", "--detach", "--pid-file", pid_file, "--process", process_file]
+        args = ["--detach", "--pid-file", pid_file, "--process", process_file]
         if console_socket:
             args += ["--console-socket", console_socket]
         await self._run_with_stdio("exec", args + [container_id], stdio)
@@ -87,8 +90,10 @@ class OciRuntime:
     # -- plumbing ---------------------------------------------------------------------------
 
     def _argv(self, log_file: str, args: list[str]) -> list[str]:
-        return [self.binary, "--root", self.state_root, "--log", log_file,
+        argv = [self.binary, "--root", self.state_root, "--log", log_file,
                 "--log-format", "json", *args]
+        log.debug("running %s", " ".join(argv))
+        return argv
 
     def _log_file(self, command: str) -> str:
         return os.path.join(self._log_dir, f"{command}-{next(self._serial)}.log")

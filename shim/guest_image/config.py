@@ -29,6 +29,7 @@ PROGRAM_PACKAGES = (
 LIBRARY_PACKAGES = (
     "libc6",
     "libgcc-s1",      # dlopen()ed by glibc for pthread_exit/cancellation unwinding
+    "libstdc++6",     # listed (though no symbol is used) by protobuf's upb extension
     "zlib1g",
     "libexpat1",
     "libffi8",        # _ctypes

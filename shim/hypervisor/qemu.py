@@ -3,7 +3,6 @@ for save/restore (guest RAM stays in the file-backed memory when
 x-ignore-shared is on)."""
 from __future__ import annotations
 
-import asyncio
 import logging
 import re
 import shlex
@@ -13,18 +12,15 @@ from pathlib import Path
 from typing import Any
 
 from .accel import AcceleratorProbe, probe_accelerator, resolve_accelerator
-from .base import (Accelerator, Hypervisor, HypervisorConfig, HypervisorError, NetworkDevice, VmExited,
-                   VmPaths)
-from .process import Describer, VmmProcess
+from .base import Accelerator, HypervisorConfig, HypervisorError, NetworkDevice, VmPaths
 from .qemu_cmdline import QBOOT_ROM, LaunchSpec, build_argv, root_port_ids
 from .qmp_monitor import QmpMonitor
-from .unix_sockets import bind_listener, remove_files
+from .supervised import QUIT_TIMEOUT, SupervisedHypervisor
+from .unix_sockets import bind_listener
 
 log = logging.getLogger(__name__)
 
 STATE_FILE = "state"  # inside a save_vm directory
-PROCESS_LOG = "qemu.log"  # QEMU's stdout+stderr, under run_dir
-QUIT_TIMEOUT = 1.0  # QMP quit, then SIGKILL
 SAVE_TIMEOUT = 60.0
 MAX_BANDWIDTH = 10 * 1024**3  # bytes/s: do not throttle a local save
 
@@ -33,9 +29,12 @@ _MAC_RE = re.compile(r"^[0-9a-fA-F]{2}(:[0-9a-fA-F]{2}){5}$")
 _IFNAMSIZ = 15
 
 
-class QemuHypervisor(Hypervisor):
+class QemuHypervisor(SupervisedHypervisor):
     """One QEMU VM. An object runs at most one VMM process: start_vm() or
     restore_vm(), then stop_vm()."""
+
+    PROCESS_NAME = "qemu"
+    PROCESS_LOG = "qemu.log"
 
     def __init__(self, vm_id: str, config: HypervisorConfig, paths: VmPaths,
                  netns: Path | None = None, *,
@@ -44,24 +43,8 @@ class QemuHypervisor(Hypervisor):
         super().__init__(vm_id, config, paths, netns)
         self._probe = probe
         self._qboot = qboot
-        self._process: VmmProcess | None = None
         self._qmp: QmpMonitor | None = None
-        self._launched = False
         self._version: str | None = None
-        self._lifecycle = asyncio.Lock()
-        self._devices = asyncio.Lock()  # one hot-plug at a time (free-port choice)
-        #: set when the QEMU process has exited (expectedly or not)
-        self.exited = asyncio.Event()
-        self._describe = Describer(vm_id, self.process_log, paths.console_log)
-
-    # -- paths ---------------------------------------------------------------
-    @property
-    def process_log(self) -> Path:
-        return self.paths.run_dir / PROCESS_LOG
-
-    def _created_files(self) -> tuple[Path, ...]:
-        p = self.paths
-        return (p.control_socket, p.agent_socket, p.console_log, self.process_log)
 
     # -- lifecycle -----------------------------------------------------------
     async def start_vm(self, timeout: float = 30.0) -> None:
@@ -128,18 +111,6 @@ class QemuHypervisor(Hypervisor):
             except BaseException:
                 state_file.unlink(missing_ok=True)
                 raise
-
-    async def wait_exit(self) -> int:
-        if self._process is None:
-            raise HypervisorError(f"VM {self.vm_id}: not started")
-        return await self._process.wait()
-
-    @property
-    def pid(self) -> int | None:
-        proc = self._process
-        if proc is None or proc.exited.is_set():
-            return None
-        return proc.pid
 
     async def version(self) -> str:
         if self._version is None:
@@ -211,17 +182,17 @@ class QemuHypervisor(Hypervisor):
 
     # -- internals -----------------------------------------------------------
     async def _launch(self, *, incoming: bool, timeout: float) -> QmpMonitor:
-        if self._launched:
-            raise HypervisorError(f"VM {self.vm_id}: already launched (one VMM per object)")
-        self._launched = True
-        self._check_inputs(incoming)
+        self._claim_launch()
+        self._check_inputs()
         requested = self.config.accelerator
         accelerator = resolve_accelerator(
             requested, self._probe() if requested is Accelerator.AUTO else None)
         self.paths.run_dir.mkdir(parents=True, exist_ok=True)
         control = bind_listener(self.paths.control_socket)
+        self._track(self.paths.control_socket)
         try:
             agent = bind_listener(self.paths.agent_socket)
+            self._track(self.paths.agent_socket)
             try:
                 spec = LaunchSpec(accelerator=accelerator, control_fd=control.fileno(),
                                   agent_fd=agent.fileno(), incoming=incoming, qboot=self._qboot)
@@ -230,22 +201,18 @@ class QemuHypervisor(Hypervisor):
                 except ValueError as exc:
                     raise HypervisorError(f"VM {self.vm_id}: invalid config: {exc}") from exc
                 log.debug("VM %s: launching %s", self.vm_id, shlex.join(argv))
-                self._process = await VmmProcess.spawn(
-                    argv, name="qemu", log_path=self.process_log, netns=self.netns,
-                    pass_fds=(control.fileno(), agent.fileno()), exited=self.exited)
+                process = await self._spawn(argv, pass_fds=(control.fileno(), agent.fileno()))
             finally:
                 agent.close()  # QEMU holds its own copies now
         finally:
             control.close()
-        self._qmp = QmpMonitor(self._process, self._describe)
+        self._qmp = QmpMonitor(process, self._describe)
         await self._qmp.connect(self.paths.control_socket, timeout)
         return self._qmp
 
-    def _check_inputs(self, incoming: bool) -> None:
+    def _check_inputs(self) -> None:
         cfg = self.config
-        for what, path in (("kernel", cfg.kernel), ("initrd", cfg.initrd)):
-            if not Path(path).is_file():
-                raise HypervisorError(f"VM {self.vm_id}: {what} {path} does not exist")
+        self._check_boot_files()
         if not self.paths.shared_dir.is_dir():
             raise HypervisorError(f"VM {self.vm_id}: shared dir {self.paths.shared_dir} does not exist")
         fbm = cfg.file_backed_memory
@@ -265,8 +232,7 @@ class QemuHypervisor(Hypervisor):
     def _running_qmp(self) -> QmpMonitor:
         if self._qmp is None:
             raise HypervisorError(f"VM {self.vm_id}: not running (not started, or stopped)")
-        if self._process is not None and self._process.exited.is_set():
-            raise VmExited(self._describe(f"QEMU exited (status {self._process.returncode})"))
+        self._check_alive()
         return self._qmp
 
     async def _free_root_ports(self, qmp: QmpMonitor) -> list[str]:
@@ -307,7 +273,7 @@ class QemuHypervisor(Hypervisor):
             await proc.close()
         if qmp is not None:
             await qmp.close()
-        remove_files(*self._created_files())
+        self._remove_created()
 
 
 async def _ignore_errors(aw: Any) -> None:

@@ -28,10 +28,12 @@ class QmpMonitor:
                         timeout=timeout, what="QMP connect", describe=self._describe)
 
     async def execute(self, command: str, arguments: Mapping[str, object] | None = None,
-                      timeout: float | None = 10.0) -> Any:
+                      timeout: float | None = 10.0, what: str | None = None) -> Any:
+        """Run one QMP command; *what* names the operation in error messages."""
+        what = what or f"QMP {command}"
         try:
             return await race_exit(self._client.execute(command, arguments), self._process,
-                                   timeout=timeout, what=f"QMP {command}", describe=self._describe)
+                                   timeout=timeout, what=what, describe=self._describe)
         except ExecuteError as exc:
             raise HypervisorError(self._describe(f"QMP {command} failed: {exc}")) from exc
         except QMPError as exc:
@@ -51,7 +53,7 @@ class QmpMonitor:
         """Poll query-migrate until completed; raise on failed/cancelled."""
         deadline = time.monotonic() + timeout
         while True:
-            info = await self.execute("query-migrate")
+            info = await self.execute("query-migrate", what=what)
             status = info.get("status")
             if status == "completed":
                 return dict(info)

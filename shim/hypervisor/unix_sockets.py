@@ -38,12 +38,3 @@ def bind_listener(path: Path, backlog: int = 8) -> socket.socket:
         raise HypervisorError(f"cannot listen on {path}: {exc.strerror}") from exc
     return sock
 
-
-def remove_files(*paths: Path) -> None:
-    for path in paths:
-        try:
-            path.unlink()
-        except FileNotFoundError:
-            pass
-        except IsADirectoryError:
-            pass

@@ -23,7 +23,9 @@ import psutil
 from shim.agent.client import AgentClient
 from shim.config import GraftConfig
 from shim.factory.boot import BootPath, boot_vm
-from shim.hypervisor.base import Hypervisor, VmPaths
+from shim.hypervisor.base import Hypervisor, NetworkDevice, VmPaths
+from shim.network import (NoPodInterface, PodEndpoint, agent_interface, agent_routes,
+                          attach_endpoint, detach_endpoint)
 from shim.sandbox.mounts import bind_mount, unmount, unmount_all_under
 
 log = logging.getLogger(__name__)
@@ -55,6 +57,7 @@ class Sandbox:
         self.boot_path = boot_path
         self._stopped = False
         self._rootfs: dict[str, Path] = {}
+        self.endpoint: PodEndpoint | None = None
 
     @classmethod
     async def launch(cls, sandbox_id: str, config: GraftConfig, netns: Path | None = None,
@@ -64,15 +67,23 @@ class Sandbox:
             raise FileExistsError(f"sandbox {sandbox_id} already exists at {run_dir}")
         paths = VmPaths(run_dir=run_dir, shared_dir=run_dir / "shared")
         paths.shared_dir.mkdir(parents=True, mode=0o700)
+        endpoint: PodEndpoint | None = None
         try:
+            if netns is not None:
+                endpoint = await _attach_network(netns)
             booted = await boot_vm(config, sandbox_id, paths, netns)
         except BaseException:
+            if endpoint is not None:
+                await asyncio.to_thread(detach_endpoint, endpoint.netns, endpoint.tap_name)
             _remove_run_dir(run_dir)
             raise
         sandbox = cls(sandbox_id, config, paths, booted.hypervisor, booted.agent,
                       booted.boot_path)
+        sandbox.endpoint = endpoint
         try:
             sandbox._record_state(booted.seconds)
+            if endpoint is not None:
+                await sandbox._plug_network(endpoint)
             await booted.agent.create_sandbox(
                 sandbox_id=sandbox_id, hostname=hostname or sandbox_id[:63],
                 share_mount_tag=booted.hypervisor.config.share_mount_tag,
@@ -83,6 +94,14 @@ class Sandbox:
         log.info("sandbox %s: %s in %.2fs", sandbox_id, booted.boot_path.describe(),
                  booted.seconds)
         return sandbox
+
+    async def _plug_network(self, endpoint: PodEndpoint) -> None:
+        """Hot-plug the pod's NIC (same path for cold-booted and restored
+        VMs) and hand the pod's addresses and routes to the guest."""
+        await self.vm.add_network_device(NetworkDevice(id="net0", tap_name=endpoint.tap_name,
+                                                       mac=endpoint.mac))
+        await self.agent.update_interface(agent_interface(endpoint))
+        await self.agent.update_routes(agent_routes(endpoint))
 
     def _record_state(self, boot_seconds: float) -> None:
         (self.paths.run_dir / _VMM_PID_FILE).write_text(str(self.vm.pid))
@@ -139,9 +158,21 @@ class Sandbox:
                 log.debug("sandbox %s: DestroySandbox failed: %s", self.id, exc)
             await self.agent.close()
         await self.vm.stop_vm()
+        if self.endpoint is not None:
+            await asyncio.to_thread(detach_endpoint, self.endpoint.netns, self.endpoint.tap_name)
         for container_id in list(self._rootfs):
             self.remove_container_rootfs(container_id)
         _remove_run_dir(self.paths.run_dir)
+
+
+async def _attach_network(netns: Path) -> PodEndpoint | None:
+    """Join the pod's CNI interface to a tap; None when the netns has no
+    configured interface (e.g. `ctr run` without CNI): loopback only."""
+    try:
+        return await asyncio.to_thread(attach_endpoint, netns)
+    except NoPodInterface:
+        log.info("netns %s has no configured interface: the VM gets loopback only", netns)
+        return None
 
 
 def _remove_run_dir(run_dir: Path) -> None:

@@ -33,3 +33,22 @@ def resolve_config_path(options_data: bytes, environ: dict[str, str] | None = No
     """The config file: runtime options first, then $GRAFT_CONFIG, else "" (built-in defaults)."""
     env = os.environ if environ is None else environ
     return config_path_from_options(options_data) or env.get(CONFIG_ENV, "")
+
+
+# `delete` gets no options on stdin: `start` leaves them in the bundle (as runc's shim does).
+_SAVED = "graft-options.json"
+
+
+def save_config_path(bundle, config_path: str) -> None:
+    import json
+
+    (bundle / _SAVED).write_text(json.dumps({"config_path": config_path}))
+
+
+def saved_config_path(bundle) -> str:
+    import json
+
+    try:
+        return str(json.loads((bundle / _SAVED).read_text()).get("config_path", ""))
+    except (OSError, ValueError, AttributeError):
+        return ""

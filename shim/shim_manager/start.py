@@ -12,7 +12,7 @@ from pathlib import Path
 
 from .args import ShimArgs, to_argv
 from shim.task.bundle import bundle_info, read_spec
-from .runtime_options import CONFIG_ENV
+from .runtime_options import CONFIG_ENV, save_config_path
 from . import socket_address
 
 LISTEN_FD_ENV = "GRAFT_SHIM_LISTEN_FD"
@@ -22,6 +22,7 @@ GROUP_ENV = "GRAFT_SHIM_GROUP"
 def start(args: ShimArgs, config_path: str, socket_dir: Path = socket_address.SOCKET_DIR) -> str:
     """Return the address to print."""
     info = bundle_info(args.id, read_spec(args.bundle))
+    save_config_path(args.bundle, config_path)
     path = socket_address.socket_path(args.address, args.namespace, info.sandbox_id, socket_dir)
     if not info.is_sandbox and socket_address.accepts(path):
         write_address_file(args.bundle, socket_address.to_uri(path))

@@ -1,6 +1,7 @@
 """What the task layer needs from the pod's VM: one small interface (faked in unit tests)."""
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -52,6 +53,9 @@ class PodBackend(Protocol):
     async def resize_pty(self, container_id: str, exec_id: str, rows: int, cols: int) -> None: ...
 
     def streams(self, container_id: str, exec_id: str) -> ProcessStreams: ...
+
+    def on_oom(self, handler: "Callable[[str], None]") -> None:
+        """Call *handler(container_id)* whenever a container of the pod hits its memory limit."""
 
     async def close(self) -> None:
         """Tear down whatever is left (daemon exit)."""

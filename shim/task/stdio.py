@@ -313,8 +313,10 @@ class ProcessIO:
         if self._stdin is not None:
             self._stdin_task = asyncio.ensure_future(self._pump_in(self._stdin))
 
+        pumps = list(self._output_tasks)
+
         async def all_output() -> None:
-            await asyncio.gather(*self._output_tasks, return_exceptions=True)
+            await asyncio.gather(*pumps, return_exceptions=True)
             self._output_done.set()
         self._output_tasks.append(asyncio.ensure_future(all_output()))
 

@@ -1,0 +1,117 @@
+"""The agent's parts wired together, and how it serves until told to stop."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+import time
+
+from .config import Config
+from .containers import ContainerManager
+from .guest import Sandbox
+from .network import Network
+from .oom import OomMonitor
+from .reaper import ChildReaper
+from .spawn import Spawner
+
+log = logging.getLogger(__name__)
+
+
+class Agent:
+    def __init__(self, config: Config, reaper: ChildReaper, spawner: Spawner, no_pivot: bool) -> None:
+        self.config = config
+        self.started_at = time.monotonic()
+        self.oom = OomMonitor()
+        self.sandbox = Sandbox(config.resolv_conf_path)
+        self.network = Network(spawner)
+        self.containers = ContainerManager(config.run_dir, config.cgroup_parent,
+                                           config.default_runtime, no_pivot, spawner, reaper,
+                                           self.oom)
+        self._warmup: asyncio.Task | None = None
+
+    def start_warmup(self) -> None:
+        """Import what the first container needs while nobody waits yet: on a template that
+        work is then already done in every clone."""
+        self._warmup = asyncio.ensure_future(self._warm())
+
+    async def _warm(self) -> None:
+        await asyncio.sleep(0)
+        import ctypes  # noqa: F401  (mounts, 9p share)
+        import ipaddress  # noqa: F401  (network)
+        import json  # noqa: F401  (OCI documents)
+
+    async def ready(self) -> None:
+        if self._warmup is not None:
+            await asyncio.shield(self._warmup)
+
+    async def destroy_sandbox(self) -> None:
+        await self.containers.remove_all()
+        self.sandbox.destroy()
+
+    async def shutdown(self) -> None:
+        if self._warmup is not None and not self._warmup.done():
+            self._warmup.cancel()
+        await self.containers.remove_all()
+        try:
+            self.sandbox.destroy()
+        except Exception as exc:
+            log.error("sandbox teardown: %s", exc)
+        parent = os.path.join("/sys/fs/cgroup", self.config.cgroup_parent.strip("/"))
+        try:
+            os.rmdir(parent)
+        except FileNotFoundError:
+            pass
+        except OSError as exc:
+            log.warning("cannot remove cgroup %s: %s", parent, exc.strerror)
+
+
+async def serve(config: Config, no_pivot: bool) -> None:
+    """Serve the agent API until cancelled (or, for a unix listener, SIGTERM/SIGINT)."""
+    from google.protobuf import empty_pb2  # noqa: F401  (ensures the well-known type is loaded)
+
+    from shim.ttrpc import Server
+
+    from .api import agent_pb2
+    from .service import AgentService
+
+    loop = asyncio.get_running_loop()
+    reaper = ChildReaper()
+    reaper.start()
+    spawner = Spawner(reaper)
+    agent = Agent(config, reaper, spawner, no_pivot)
+    server = Server()
+    server.register_service(agent_pb2.DESCRIPTOR.services_by_name["AgentService"],
+                            AgentService(agent))
+    stop = asyncio.Event()
+    try:
+        if config.listen_path is not None:
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                loop.add_signal_handler(sig, stop.set)
+            _remove_stale_socket(config.listen_path)
+            await server.serve_unix(config.listen_path)
+            log.info("serving on unix:%s", config.listen_path)
+            agent.start_warmup()
+            await stop.wait()
+        else:
+            from .channel import serve_port, wait_for_port
+
+            port = await wait_for_port(config.port_name)
+            log.info("serving on %s (%s)", port, config.port_name)
+            agent.start_warmup()
+            await serve_port(port, server.serve_connection)
+    finally:
+        log.info("agent stopping")
+        await server.close()
+        await agent.shutdown()
+        if config.listen_path is not None:
+            _remove_stale_socket(config.listen_path)
+        reaper.stop()
+
+
+def _remove_stale_socket(path: str) -> None:
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass

@@ -1,0 +1,305 @@
+#!/usr/bin/env python3
+"""A private containerd 1.6 for tests: everything under one directory, torn down by `stop`.
+
+    private_containerd.py start DIR   # config, CNI bridge network, images, runtime handlers
+    private_containerd.py env DIR     # shell exports: CONTAINERD_ADDRESS, GRAFT_CTR, ...
+    private_containerd.py stop DIR    # kill containerd, remove what it created
+
+Runtime handlers: `graft` (io.containerd.graft.v2, our shim via DIR/bin on containerd's PATH,
+options ConfigPath = DIR/graft.toml) and `runc` (default, for comparison).
+Images (built locally from busybox-static, no registry needed): graft.local/busybox:latest
+and graft.local/pause:latest (the CRI sandbox image), imported into `default` and `k8s.io`.
+"""
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tarfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+BUSYBOX = Path("/bin/busybox")
+BRIDGE = "graftbr0"
+SUBNET = "10.222.0.0/24"
+BUSYBOX_IMAGE = "graft.local/busybox:latest"
+PAUSE_IMAGE = "graft.local/pause:latest"
+NAMESPACES = ("default", "k8s.io")
+PATH_DIRS = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+
+
+class Layout:
+    def __init__(self, base: Path) -> None:
+        self.base = base.resolve()
+        self.socket = self.base / "containerd.sock"
+        self.config = self.base / "config.toml"
+        self.graft_config = self.base / "graft.toml"
+        self.bin = self.base / "bin"
+        self.cni_conf = self.base / "cni" / "conf"
+        self.cni_ipam = self.base / "cni" / "ipam"
+        self.images = self.base / "images"
+        self.log = self.base / "containerd.log"
+        self.pid = self.base / "containerd.pid"
+        self.ip_forward = self.base / "ip_forward.orig"
+
+
+# -- configuration ---------------------------------------------------------------------------------
+
+def _containerd_config(d: Layout) -> str:
+    cri = 'plugins."io.containerd.grpc.v1.cri"'
+    return f'''version = 2
+root = "{d.base}/root"
+state = "{d.base}/state"
+
+[grpc]
+  address = "{d.socket}"
+[ttrpc]
+  address = "{d.socket}.ttrpc"
+[debug]
+  level = "debug"
+
+[plugins."io.containerd.internal.v1.opt"]
+  path = "{d.base}/opt"
+
+[{cri}]
+  restrict_oom_score_adj = true
+  sandbox_image = "{PAUSE_IMAGE}"
+  netns_mounts_under_state_dir = true
+  [{cri}.cni]
+    bin_dir = "/usr/lib/cni"
+    conf_dir = "{d.cni_conf}"
+    max_conf_num = 1
+  [{cri}.containerd]
+    default_runtime_name = "runc"
+    [{cri}.containerd.runtimes.runc]
+      runtime_type = "io.containerd.runc.v2"
+    [{cri}.containerd.runtimes.graft]
+      runtime_type = "io.containerd.graft.v2"
+      pod_annotations = ["io.graft.*"]
+      [{cri}.containerd.runtimes.graft.options]
+        ConfigPath = "{d.graft_config}"
+'''
+
+
+def _cni_config(d: Layout) -> str:
+    return json.dumps({
+        "cniVersion": "0.4.0", "name": "graft-test",
+        "plugins": [{
+            "type": "bridge", "bridge": BRIDGE, "isGateway": True, "ipMasq": False,
+            "ipam": {"type": "host-local", "ranges": [[{"subnet": SUBNET}]],
+                     "routes": [{"dst": "0.0.0.0/0"}], "dataDir": str(d.cni_ipam)},
+        }],
+    }, indent=2)
+
+
+def _shim_wrapper() -> str:
+    # containerd finds containerd-shim-graft-v2 on its PATH; run this checkout with this python.
+    return (f'#!/bin/sh\nPYTHONPATH="{ROOT}${{PYTHONPATH:+:$PYTHONPATH}}" '
+            f'exec "{sys.executable}" -m shim.cli.shim_main "$@"\n')
+
+
+def _graft_config() -> str:
+    guest = os.environ.get("GRAFT_GUEST_DIR", "")
+    lines = ["[runtime]", 'log_level = "debug"']
+    if guest:
+        lines += ["", "[guest]", f'image_dir = "{guest}"']
+    return "\n".join(lines) + "\n"
+
+
+# -- images -------------------------------------------------------------------------------------
+
+def _tar_add(tar: tarfile.TarFile, name: str, *, data: bytes | None = None, mode: int = 0o755,
+             link: str | None = None, directory: bool = False) -> None:
+    info = tarfile.TarInfo(name)
+    info.mtime = 0  # reproducible layer digest
+    info.mode = mode
+    if directory:
+        info.type = tarfile.DIRTYPE
+        tar.addfile(info)
+    elif link is not None:
+        info.type, info.linkname = tarfile.SYMTYPE, link
+        info.mode = 0o777
+        tar.addfile(info)
+    else:
+        info.size = len(data or b"")
+        tar.addfile(info, io.BytesIO(data or b""))
+
+
+def _busybox_layer() -> bytes:
+    applets = subprocess.run([str(BUSYBOX), "--list"], check=True, capture_output=True,
+                             text=True).stdout.split()
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w", format=tarfile.PAX_FORMAT) as tar:
+        for directory in ("bin", "dev", "etc", "proc", "sys", "tmp", "root", "run", "var"):
+            _tar_add(tar, directory, directory=True, mode=0o1777 if directory == "tmp" else 0o755)
+        _tar_add(tar, "bin/busybox", data=BUSYBOX.read_bytes())
+        for applet in sorted(set(applets) - {"busybox"}):
+            _tar_add(tar, f"bin/{applet}", link="busybox")
+        _tar_add(tar, "etc/passwd", data=b"root:x:0:0:root:/root:/bin/sh\n", mode=0o644)
+        _tar_add(tar, "etc/group", data=b"root:x:0:\n", mode=0o644)
+    return buf.getvalue()
+
+
+def _blob(blobs: dict[str, bytes], data: bytes, media_type: str) -> dict:
+    digest = "sha256:" + hashlib.sha256(data).hexdigest()
+    blobs[digest] = data
+    return {"mediaType": media_type, "digest": digest, "size": len(data)}
+
+
+def build_image_tar(name: str, layer: bytes, cmd: list[str], out: Path) -> None:
+    """An OCI image layout tar that `ctr images import` accepts."""
+    blobs: dict[str, bytes] = {}
+    layer_desc = _blob(blobs, layer, "application/vnd.oci.image.layer.v1.tar")
+    config = {"architecture": "amd64", "os": "linux",
+              "config": {"Env": [f"PATH={PATH_DIRS}"], "Cmd": cmd, "WorkingDir": "/"},
+              "rootfs": {"type": "layers", "diff_ids": [layer_desc["digest"]]}}
+    config_desc = _blob(blobs, json.dumps(config).encode(),
+                        "application/vnd.oci.image.config.v1+json")
+    manifest = {"schemaVersion": 2, "mediaType": "application/vnd.oci.image.manifest.v1+json",
+                "config": config_desc, "layers": [layer_desc]}
+    manifest_desc = _blob(blobs, json.dumps(manifest).encode(),
+                          "application/vnd.oci.image.manifest.v1+json")
+    manifest_desc["annotations"] = {"io.containerd.image.name": name,
+                                    "org.opencontainers.image.ref.name": name.rsplit(":", 1)[1]}
+    index = {"schemaVersion": 2, "manifests": [manifest_desc]}
+    tmp = out.with_suffix(".tmp")
+    with tarfile.open(tmp, "w") as tar:
+        _tar_add(tar, "oci-layout", data=b'{"imageLayoutVersion":"1.0.0"}', mode=0o644)
+        _tar_add(tar, "index.json", data=json.dumps(index).encode(), mode=0o644)
+        _tar_add(tar, "blobs", directory=True)
+        _tar_add(tar, "blobs/sha256", directory=True)
+        for digest, data in blobs.items():
+            _tar_add(tar, f"blobs/sha256/{digest.split(':', 1)[1]}", data=data, mode=0o644)
+    tmp.rename(out)
+
+
+def _import_images(d: Layout) -> None:
+    d.images.mkdir(parents=True, exist_ok=True)
+    layer = None
+    for name, cmd in ((BUSYBOX_IMAGE, ["sh"]), (PAUSE_IMAGE, ["sleep", "inf"])):
+        tar = d.images / (name.split("/")[1].replace(":", "_") + ".tar")
+        if not tar.exists():
+            layer = layer or _busybox_layer()
+            build_image_tar(name, layer, cmd, tar)
+        for ns in NAMESPACES:
+            _ctr(d, "-n", ns, "images", "import", str(tar))
+
+
+# -- process control ------------------------------------------------------------------------------
+
+def _ctr(d: Layout, *args: str) -> str:
+    done = subprocess.run(["ctr", "--address", str(d.socket), *args], capture_output=True,
+                          text=True, timeout=120)
+    if done.returncode != 0:
+        raise RuntimeError(f"ctr {' '.join(args)} failed: {done.stderr.strip()}")
+    return done.stdout
+
+
+def _running_pid(d: Layout) -> int | None:
+    try:
+        pid = int(d.pid.read_text())
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except (OSError, ValueError):
+        return None
+    return pid if str(d.config).encode() in cmdline else None
+
+
+def env_vars(d: Layout) -> dict[str, str]:
+    return {"CONTAINERD_ADDRESS": str(d.socket), "GRAFT_CONTAINERD_DIR": str(d.base),
+            "GRAFT_BUSYBOX_IMAGE": BUSYBOX_IMAGE, "GRAFT_PAUSE_IMAGE": PAUSE_IMAGE,
+            "GRAFT_RUNTIME_CONFIG": str(d.graft_config)}
+
+
+def start(d: Layout, timeout: float = 30.0) -> None:
+    if _running_pid(d):
+        return
+    for sub in (d.bin, d.cni_conf, d.cni_ipam):
+        sub.mkdir(parents=True, exist_ok=True)
+    shim = d.bin / "containerd-shim-graft-v2"
+    shim.write_text(_shim_wrapper())
+    shim.chmod(0o755)
+    d.config.write_text(_containerd_config(d))
+    d.graft_config.write_text(_graft_config())
+    (d.cni_conf / "10-graft-test.conflist").write_text(_cni_config(d))
+    if not d.ip_forward.exists():
+        d.ip_forward.write_text(Path("/proc/sys/net/ipv4/ip_forward").read_text())
+    env = dict(os.environ, PATH=f"{d.bin}:{os.environ.get('PATH', PATH_DIRS)}")
+    with open(d.log, "ab") as log:
+        proc = subprocess.Popen(["containerd", "--config", str(d.config)], stdin=subprocess.DEVNULL,
+                                stdout=log, stderr=log, env=env, start_new_session=True)
+    d.pid.write_text(str(proc.pid))
+    deadline = time.monotonic() + timeout
+    while True:
+        if proc.poll() is not None:
+            raise RuntimeError(f"containerd exited ({proc.returncode}); see {d.log}")
+        try:
+            _ctr(d, "version")
+            break
+        except RuntimeError:
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"containerd not ready after {timeout}s; see {d.log}")
+            time.sleep(0.2)
+    _import_images(d)
+
+
+def stop(d: Layout) -> None:
+    pid = _running_pid(d)
+    if pid:
+        os.kill(pid, signal.SIGTERM)
+        for _ in range(100):
+            if not Path(f"/proc/{pid}").exists():
+                break
+            time.sleep(0.1)
+        else:
+            os.kill(pid, signal.SIGKILL)
+    d.pid.unlink(missing_ok=True)
+    subprocess.run(["ip", "link", "del", BRIDGE], capture_output=True)
+    if d.ip_forward.exists():
+        Path("/proc/sys/net/ipv4/ip_forward").write_text(d.ip_forward.read_text())
+        d.ip_forward.unlink()
+    _unmount_under(d.base)
+
+
+def _unmount_under(base: Path) -> None:
+    points = []
+    with open("/proc/self/mountinfo") as f:
+        for line in f:
+            point = line.split()[4].encode().decode("unicode_escape")
+            if point == str(base) or point.startswith(f"{base}/"):
+                points.append(point)
+    for point in sorted(points, key=len, reverse=True):
+        subprocess.run(["umount", "-l", point], capture_output=True)
+
+
+def purge(d: Layout) -> None:
+    """stop + remove the directory."""
+    stop(d)
+    shutil.rmtree(d.base, ignore_errors=True)
+
+
+def main(argv: list[str]) -> int:
+    if len(argv) != 2 or argv[0] not in ("start", "stop", "env", "purge"):
+        print(__doc__, file=sys.stderr)
+        return 2
+    d = Layout(Path(argv[1]))
+    if argv[0] == "start":
+        d.base.mkdir(parents=True, exist_ok=True)
+        start(d)
+    elif argv[0] == "stop":
+        stop(d)
+    elif argv[0] == "purge":
+        purge(d)
+    for key, value in env_vars(d).items():
+        if argv[0] in ("start", "env"):
+            print(f"export {key}={value}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

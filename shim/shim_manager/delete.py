@@ -1,0 +1,76 @@
+"""`containerd-shim-graft-v2 delete`: clean up what is left of one container, whatever state
+the daemon is in, and print a DeleteResponse (exit 137: killed)."""
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import time
+from pathlib import Path
+
+from shim.task.bundle import bundle_info, read_spec
+from shim.task.rootfs import unmount_rootfs
+
+from .args import ShimArgs
+from . import socket_address
+
+log = logging.getLogger(__name__)
+
+KILLED_STATUS = 128 + signal.SIGKILL
+_RPC_TIMEOUT = 1.5
+
+
+async def _ask_daemon(path: Path, container_id: str) -> None:
+    """If our daemon still serves, have it kill and delete the task (it knows the guest)."""
+    from shim.api.containerd import TASK_SERVICE, shim_pb2
+    from google.protobuf import empty_pb2
+    from shim.ttrpc import Client, TtrpcError
+
+    try:
+        client = await asyncio.wait_for(Client.connect_unix(str(path)), _RPC_TIMEOUT)
+    except (TtrpcError, OSError, TimeoutError):
+        return
+    service = TASK_SERVICE.full_name
+    try:
+        for method, request, response in (
+                ("Kill", shim_pb2.KillRequest(id=container_id, signal=9, all=True), empty_pb2.Empty),
+                ("Delete", shim_pb2.DeleteRequest(id=container_id), shim_pb2.DeleteResponse)):
+            try:
+                await client.call(service, method, request, response, timeout=_RPC_TIMEOUT)
+            except TtrpcError as exc:
+                log.info("delete: %s %s: %s", method, container_id, exc)
+    finally:
+        await client.close()
+
+
+def delete(args: ShimArgs, config_path: str) -> bytes:
+    from google.protobuf import timestamp_pb2
+    from shim.api.containerd import shim_pb2
+
+    try:
+        info = bundle_info(args.id, read_spec(args.bundle))
+    except ValueError:
+        info = None
+    if info is not None:
+        path = socket_address.socket_path(args.address, args.namespace, info.sandbox_id)
+        if socket_address.accepts(path):
+            asyncio.run(_ask_daemon(path, args.id))
+        elif info.is_sandbox:
+            socket_address.remove(path)  # its daemon is dead
+    unmount_rootfs(args.bundle / "rootfs")
+    if info is None or info.is_sandbox:
+        _cleanup_vm(args.id, config_path)
+    stamp = timestamp_pb2.Timestamp()
+    stamp.FromNanoseconds(time.time_ns())
+    return shim_pb2.DeleteResponse(pid=0, exit_status=KILLED_STATUS,
+                                   exited_at=stamp).SerializeToString()
+
+
+def _cleanup_vm(sandbox_id: str, config_path: str) -> None:
+    from shim.config import load_config
+    from shim.sandbox.sandbox import cleanup_sandbox_leftovers
+
+    try:
+        cleanup_sandbox_leftovers(load_config(config_path or None), sandbox_id)
+    except Exception as exc:
+        log.warning("delete: cleaning up sandbox %s: %s", sandbox_id, exc)

@@ -1,0 +1,41 @@
+"""Shim logs go to the bundle's `log` fifo, which containerd reads into its own log."""
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+
+
+class _FifoHandler(logging.Handler):
+    """Non-blocking writes: a stalled or absent containerd reader drops lines, never blocks."""
+
+    def __init__(self, fd: int) -> None:
+        super().__init__()
+        self._fd = fd
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            os.write(self._fd, (self.format(record) + "\n").encode(errors="replace"))
+        except OSError:
+            pass
+
+    def close(self) -> None:
+        try:
+            os.close(self._fd)
+        except OSError:
+            pass
+        super().close()
+
+
+def setup_logging(bundle: Path, debug: bool, component: str) -> None:
+    root = logging.getLogger()
+    root.setLevel(logging.DEBUG if debug else logging.INFO)
+    try:
+        fd = os.open(bundle / "log", os.O_WRONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError:
+        return  # no fifo or no reader: stay silent (stdout/stderr are not ours to use)
+    handler = _FifoHandler(fd)
+    handler.setFormatter(logging.Formatter(
+        f'time="%(asctime)s" level=%(levelname)s msg="%(message)s" runtime=graft '
+        f'component={component} logger=%(name)s'))
+    root.addHandler(handler)

@@ -1,0 +1,59 @@
+"""The host's OCI spec (as containerd/CRI wrote it) → the spec the guest's runtime can use.
+
+What only makes sense on the host is rewritten:
+  * namespaces: the network namespace is dropped (containers share the VM's network, the VM
+    being the pod); paths to host namespaces (/proc/<pid>/ns/...) are dropped (new ones);
+  * hooks run host binaries: dropped;
+  * bind mounts of host files/dirs (CRI's /etc/hosts, resolv.conf, hostname, volumes) are
+    exposed through the 9p share: the caller bind-mounts each source under the share and the
+    guest mounts it from there; the host-side /dev/shm of the sandbox becomes a guest tmpfs.
+"""
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+from pathlib import Path
+
+SHM_MOUNT = {"destination": "/dev/shm", "type": "tmpfs", "source": "shm",
+             "options": ["nosuid", "noexec", "nodev", "mode=1777", "size=65536k"]}
+
+
+@dataclass(frozen=True)
+class HostBind:
+    source: Path        # host path to expose
+    share_name: str     # name under the share's per-container mounts dir
+
+
+def _is_host_bind(mount: dict) -> bool:
+    options = mount.get("options") or []
+    is_bind = mount.get("type") in ("bind", "rbind") or "bind" in options or "rbind" in options
+    return is_bind and str(mount.get("source", "")).startswith("/")
+
+
+def guest_spec(spec: dict, guest_mounts_dir: str) -> tuple[dict, list[HostBind]]:
+    """Rewrite *spec* for the guest; host binds are to appear under *guest_mounts_dir*."""
+    out = copy.deepcopy(spec)
+    out.pop("hooks", None)
+    linux = out.get("linux") or {}
+    namespaces = []
+    for ns in linux.get("namespaces") or []:
+        if ns.get("type") == "network":
+            continue
+        namespaces.append({"type": ns["type"]})
+    if "namespaces" in linux:
+        linux["namespaces"] = namespaces
+
+    binds: list[HostBind] = []
+    mounts = []
+    for mount in out.get("mounts") or []:
+        if not _is_host_bind(mount):
+            mounts.append(mount)
+        elif mount.get("destination") == "/dev/shm":
+            mounts.append(dict(SHM_MOUNT))
+        else:
+            name = str(len(binds))
+            binds.append(HostBind(Path(mount["source"]), name))
+            mounts.append({**mount, "source": f"{guest_mounts_dir}/{name}"})
+    if "mounts" in out:
+        out["mounts"] = mounts
+    return out, binds

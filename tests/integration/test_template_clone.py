@@ -1,0 +1,180 @@
+"""Templates on real QEMU (TCG): one template per module, clones restored
+from it run containers, get their own RNG state and the host's clock, and
+never write the template's memory."""
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import io
+import json
+import os
+import stat
+import time
+from pathlib import Path
+
+import pytest
+import pytest_asyncio
+
+from shim.agent.streams import copy_output
+from shim.config import GraftConfig, parse_config
+from shim.factory import tmpfs
+from shim.factory.build import destroy_template, init_template
+from shim.factory.cli import run_factory
+from shim.factory.template import find_usable_template
+from shim.oci import default_spec
+from shim.sandbox.sandbox import Sandbox, read_boot_path
+
+pytestmark = pytest.mark.vm
+
+MIB = 1 << 20
+CLOCK_TEMPLATE_AGE_S = 20  # stands for "a template saved minutes ago"
+
+
+def factory_config(base: GraftConfig, template_path: Path, **hypervisor) -> GraftConfig:
+    data: dict = {}
+    for (section, name), value in base.values.items():
+        data.setdefault(section, {})[name] = value
+    data["factory"] = {"enable_template": True, "template_path": str(template_path)}
+    data["hypervisor"].update(hypervisor)
+    return parse_config(data)
+
+
+def sha256_of(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 20):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+async def run_in(box: Sandbox, cid: str, rootfs: Path, args: list[str]) -> tuple[int, bytes]:
+    """Run a container to completion in *box*; its exit status and stdout."""
+    guest_rootfs = box.add_container_rootfs(cid, rootfs)
+    out = bytearray()
+
+    async def sink(data: bytes) -> None:
+        out.extend(data)
+    try:
+        await box.agent.create_container(cid, json.dumps(default_spec(args)).encode(),
+                                         guest_rootfs, stdin=False)
+        reader = asyncio.ensure_future(copy_output(box.agent, cid, "", "stdout", sink))
+        await box.agent.start_container(cid)
+        status = await asyncio.wait_for(box.agent.wait_process(cid, ""), 120)
+        await asyncio.wait_for(reader, 30)
+        return status.exit_status, bytes(out)
+    finally:
+        await box.agent.remove_container(cid, force=True)
+        box.remove_container_rootfs(cid)
+
+
+@pytest.fixture(scope="module")
+def config(graft_config: GraftConfig) -> GraftConfig:
+    return factory_config(graft_config, graft_config.state_dir / "tpl-clone")
+
+
+@pytest_asyncio.fixture(scope="module")
+async def template(config: GraftConfig):
+    result = await init_template(config)
+    assert result.built
+    memory_digest = sha256_of(result.template.memory_file)
+    yield result.template, memory_digest
+    destroy_template(config)
+
+
+async def test_init_made_a_private_tmpfs_template(config: GraftConfig, template) -> None:
+    tpl, _ = template
+    root = config.template_path
+    assert tmpfs.mounted_fstype(root) == "tmpfs"
+    assert stat.S_IMODE(root.stat().st_mode) == 0o700
+    assert tmpfs.size_bytes(root) >= (256 + 8) * MIB
+    assert stat.S_IMODE(tpl.directory.stat().st_mode) == 0o700
+    for path in tpl.directory.iterdir():
+        assert stat.S_IMODE(path.stat().st_mode) == 0o600, path
+    assert tpl.memory_file.stat().st_size == 256 * MIB
+    assert tpl.metadata.hypervisor.kind == "qemu"
+    assert tpl.metadata.hypervisor.version.startswith("QEMU ")
+    assert [f.name for f in tpl.metadata.files] == ["state"]
+
+
+async def test_status_shows_the_template_and_init_is_idempotent(config: GraftConfig,
+                                                                template) -> None:
+    tpl, _ = template
+    out = io.StringIO()
+    assert run_factory(config, "status", out) == 0
+    text = out.getvalue()
+    assert f"template: usable ({tpl.directory})" in text
+    assert "hypervisor: qemu, QEMU " in text
+    again = await init_template(config)
+    assert not again.built and again.template.directory == tpl.directory
+
+
+async def test_clone_is_restored_and_runs_a_container(config: GraftConfig, template,
+                                                      busybox_rootfs: Path) -> None:
+    tpl, _ = template
+    box = await Sandbox.launch("tpl-c1", config)
+    try:
+        assert box.boot_path.restored, box.boot_path
+        assert str(tpl.directory) in box.boot_path.reason
+        recorded = read_boot_path(config, "tpl-c1")
+        assert recorded is not None and recorded["restored"] is True
+        assert recorded["boot_seconds"] < 5
+        status, out = await run_in(box, "hello", busybox_rootfs, ["echo", "hello"])
+        assert (status, out) == (0, b"hello\n")
+    finally:
+        await box.stop()
+
+
+async def test_five_clones_at_once_have_distinct_random_bytes(
+        config: GraftConfig, template, busybox_rootfs: Path) -> None:
+    ids = [f"tpl-m{i}" for i in range(5)]
+    started = time.monotonic()
+    launched = await asyncio.gather(*(Sandbox.launch(i, config) for i in ids),
+                                    return_exceptions=True)
+    boxes = [b for b in launched if isinstance(b, Sandbox)]
+    try:
+        failures = [b for b in launched if not isinstance(b, Sandbox)]
+        assert not failures, failures
+        assert time.monotonic() - started < 60
+        assert all(b.boot_path.restored for b in boxes), [b.boot_path for b in boxes]
+        assert len({b.vmm_pid for b in boxes}) == 5
+        results = await asyncio.gather(*(
+            run_in(b, "rng", busybox_rootfs, ["sh", "-c", "head -c 32 /dev/urandom | od -An -tx1"])
+            for b in boxes))
+        samples = []
+        for status, out in results:
+            assert status == 0
+            hex_bytes = "".join(out.decode().split())
+            assert len(hex_bytes) == 64, out
+            samples.append(hex_bytes)
+        assert len(set(samples)) == 5, samples  # pairwise different
+    finally:
+        await asyncio.gather(*(b.stop() for b in boxes))
+
+
+async def test_clone_clock_is_the_hosts_not_the_templates(
+        config: GraftConfig, template, busybox_rootfs: Path) -> None:
+    tpl, _ = template
+    age = time.time() - tpl.metadata.created_at
+    if age < CLOCK_TEMPLATE_AGE_S:
+        await asyncio.sleep(CLOCK_TEMPLATE_AGE_S - age)
+    box = await Sandbox.launch("tpl-clock", config)
+    try:
+        assert box.boot_path.restored
+        before = time.time()
+        status, out = await run_in(box, "date", busybox_rootfs, ["date", "+%s"])
+        after = time.time()
+        assert status == 0
+        guest = int(out.decode().strip())
+        assert before - 2 <= guest <= after + 2, (before, guest, after)
+    finally:
+        await box.stop()
+
+
+async def test_template_memory_is_unchanged_after_clones(config: GraftConfig,
+                                                         template) -> None:
+    tpl, digest_after_build = template
+    # Clones above ran containers, i.e. dirtied guest RAM: all of it went to
+    # their private copies, none to the file.
+    assert sha256_of(tpl.memory_file) == digest_after_build
+    assert find_usable_template(config).directory == tpl.directory
+    assert not any(name.startswith("tpl-") for name in os.listdir(config.state_dir / "sandboxes"))
