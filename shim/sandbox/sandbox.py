@@ -34,6 +34,7 @@ GUEST_SHARE_MOUNT = "/run/graft/shared"
 _VALID_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
 _VMM_PID_FILE = "vmm.pid"
 _BOOT_PATH_FILE = "boot_path.json"
+_NETWORK_FILE = "network.json"
 
 
 class InvalidSandboxId(ValueError):
@@ -105,6 +106,9 @@ class Sandbox:
 
     def _record_state(self, boot_seconds: float) -> None:
         (self.paths.run_dir / _VMM_PID_FILE).write_text(str(self.vm.pid))
+        if self.endpoint is not None:
+            (self.paths.run_dir / _NETWORK_FILE).write_text(json.dumps({
+                "netns": str(self.endpoint.netns), "tap": self.endpoint.tap_name}))
         (self.paths.run_dir / _BOOT_PATH_FILE).write_text(json.dumps({
             "restored": self.boot_path.restored, "reason": self.boot_path.reason,
             "boot_seconds": round(boot_seconds, 3), "created_at": time.time()}))
@@ -200,6 +204,11 @@ def cleanup_sandbox_leftovers(config: GraftConfig, sandbox_id: str) -> None:
     if not run_dir.exists():
         return
     _kill_recorded_vmm(run_dir)
+    try:
+        net = json.loads((run_dir / _NETWORK_FILE).read_text())
+        detach_endpoint(Path(net["netns"]), net["tap"])
+    except (OSError, ValueError, KeyError):
+        pass
     _remove_run_dir(run_dir)
 
 
