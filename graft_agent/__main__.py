@@ -46,6 +46,8 @@ def _isolate(config: config_mod.Config) -> None:
         flags |= syscalls.CLONE_NEWNET
     syscalls.unshare(flags)
     syscalls.mount("none", "/", "", syscalls.MS_REC | syscalls.MS_PRIVATE)
+    if config.isolate_net:  # sysfs shows the links of the netns that mounted it
+        syscalls.mount("sysfs", "/sys", "sysfs", syscalls.MS_NOSUID | syscalls.MS_NODEV | syscalls.MS_NOEXEC)
     if pid1.mount_type("/sys/fs/cgroup") != "cgroup2":
         syscalls.mount("cgroup2", "/sys/fs/cgroup", "cgroup2",
                        syscalls.MS_NOSUID | syscalls.MS_NODEV | syscalls.MS_NOEXEC)

@@ -69,14 +69,13 @@ class Agent:
 
 async def serve(config: Config, no_pivot: bool) -> None:
     """Serve the agent API until cancelled (or, for a unix listener, SIGTERM/SIGINT)."""
-    from google.protobuf import empty_pb2  # noqa: F401  (ensures the well-known type is loaded)
-
     from shim.ttrpc import Server
 
     from .api import agent_pb2
     from .service import AgentService
 
     loop = asyncio.get_running_loop()
+    os.makedirs(config.run_dir, mode=0o755, exist_ok=True)
     reaper = ChildReaper()
     reaper.start()
     spawner = Spawner(reaper)

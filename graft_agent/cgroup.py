@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 import signal
-from dataclasses import dataclass, field
+from typing import NamedTuple
 
 from .fsutil import read_text
 
@@ -12,25 +12,30 @@ CGROUP_ROOT = "/sys/fs/cgroup"
 UNLIMITED = (1 << 64) - 1  # what a "max" limit reads as in the statistics
 
 
-@dataclass
-class IoDevice:
+class IoDevice(NamedTuple):
     major: int
     minor: int
     counters: dict[str, int]
 
 
-@dataclass
 class CgroupStats:
-    cpu: dict[str, int] = field(default_factory=dict)            # cpu.stat
-    memory_current: int = 0
-    memory_max: int = 0
-    swap_current: int = 0
-    swap_max: int = 0
-    memory_stat: dict[str, int] = field(default_factory=dict)    # memory.stat
-    memory_events: dict[str, int] = field(default_factory=dict)  # memory.events
-    pids_current: int = 0
-    pids_max: int = 0
-    io: list[IoDevice] = field(default_factory=list)
+    """One sample of a cgroup's statistics files (absent files read as 0 / empty)."""
+
+    def __init__(self, cpu: dict[str, int] | None = None, memory_current: int = 0,
+                 memory_max: int = 0, swap_current: int = 0, swap_max: int = 0,
+                 memory_stat: dict[str, int] | None = None,
+                 memory_events: dict[str, int] | None = None, pids_current: int = 0,
+                 pids_max: int = 0, io: list[IoDevice] | None = None) -> None:
+        self.cpu = cpu or {}                      # cpu.stat
+        self.memory_current = memory_current
+        self.memory_max = memory_max
+        self.swap_current = swap_current
+        self.swap_max = swap_max
+        self.memory_stat = memory_stat or {}      # memory.stat
+        self.memory_events = memory_events or {}  # memory.events
+        self.pids_current = pids_current
+        self.pids_max = pids_max
+        self.io = io or []
 
 
 class Cgroup:

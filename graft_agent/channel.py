@@ -63,6 +63,10 @@ class _WriteProtocol(asyncio.streams.FlowControlMixin):
         if not self._closed.done():
             self._closed.set_result(None)
 
+    @property
+    def lost(self) -> bool:
+        return self._closed.done()
+
     def _get_close_waiter(self, stream: asyncio.StreamWriter) -> asyncio.Future:
         return self._closed
 
@@ -71,10 +75,12 @@ class PortStreams:
     """asyncio streams over a character device (reads and writes on separate dups)."""
 
     def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
-                 read_transport: asyncio.ReadTransport) -> None:
+                 read_transport: asyncio.ReadTransport,
+                 write_protocol: _WriteProtocol | None = None) -> None:
         self.reader = reader
         self.writer = writer
         self._read_transport = read_transport
+        self._write_protocol = write_protocol
 
     @classmethod
     async def open(cls, fd: int) -> "PortStreams":
@@ -91,11 +97,15 @@ class PortStreams:
             raise
         transport, protocol = await loop.connect_write_pipe(
             _WriteProtocol, os.fdopen(write_fd, "wb", buffering=0, closefd=True))
-        return cls(reader, asyncio.StreamWriter(transport, protocol, reader, loop), read_transport)
+        return cls(reader, asyncio.StreamWriter(transport, protocol, reader, loop), read_transport,
+                   protocol)
 
     async def close(self) -> None:
         """Drop both sides now (unsent bytes are moot: the session is over)."""
-        self.writer.transport.abort()
+        # The ttrpc server closes the writer when a session ends; aborting a
+        # transport whose connection is already lost raises AttributeError.
+        if self._write_protocol is None or not self._write_protocol.lost:
+            self.writer.transport.abort()
         self._read_transport.close()
         await asyncio.sleep(0)  # transports release their fds on the next loop iteration
         await asyncio.sleep(0)
@@ -116,11 +126,15 @@ def _host_connected(fd: int) -> bool:
     return True
 
 
+_RETRY_OPEN = (errno.EBUSY,    # the previous session's fd is still being released
+               errno.ENOENT, errno.ENXIO, errno.ENODEV)  # port unplugged for now
+
+
 def _open_port(path: str) -> int | None:
     try:
         return os.open(path, os.O_RDWR | os.O_NONBLOCK | os.O_CLOEXEC | os.O_NOCTTY)
     except OSError as exc:
-        if exc.errno == errno.EBUSY:  # the previous session's fd is still being released
+        if exc.errno in _RETRY_OPEN:
             return None
         raise
 
@@ -129,11 +143,16 @@ async def serve_port(path: str, serve_connection) -> None:
     """Serve `serve_connection(reader, writer)` on the port, session after session, until
     cancelled."""
     sessions = 0
+    retry_delay = _RECONNECT_POLL_S
     while True:
         fd = _open_port(path)
         if fd is None:
-            await asyncio.sleep(_RECONNECT_POLL_S)
+            if retry_delay >= 1.0:
+                log.warning("cannot open %s yet; retrying", path)
+            await asyncio.sleep(retry_delay)
+            retry_delay = min(retry_delay * 2, 2.0)
             continue
+        retry_delay = _RECONNECT_POLL_S
         try:
             while not _host_connected(fd):
                 await asyncio.sleep(_RECONNECT_POLL_S)

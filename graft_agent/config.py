@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
 
 USAGE = """\
 usage: python3 -m graft_agent [options]
@@ -47,8 +46,8 @@ class HelpRequested(Exception):
     pass
 
 
-@dataclass
 class Config:
+    # Plain class attributes as defaults (a dataclass costs ms of exec() at import).
     listen: str | None = None
     init: bool = True            # do PID 1 duties (only ever when pid == 1)
     isolate: bool = False

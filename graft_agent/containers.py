@@ -77,9 +77,6 @@ class ContainerManager:
     def process(self, container_id: str, exec_id: str) -> Process:
         return self.get(container_id).process(exec_id)
 
-    def ids(self) -> list[str]:
-        return list(self._containers)
-
     def runtime(self, name: str) -> OciRuntime:
         name = name or self.default_runtime
         if name not in SUPPORTED_RUNTIMES:

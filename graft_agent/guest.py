@@ -142,8 +142,8 @@ class Sandbox:
             raise InvalidArgument(f"share_mount_point must be absolute, got {point!r}")
         os.makedirs(point, exist_ok=True)
         try:
-            syscalls.mount(tag, point, "9p", syscalls.MS_NODEV | syscalls.MS_NOSUID,
-                           f"trans=virtio,version=9p2000.L,msize={NINEP_MSIZE}")
+            # No nosuid/nodev: container rootfs trees live here and may need both.
+            syscalls.mount(tag, point, "9p", 0, f"trans=virtio,version=9p2000.L,msize={NINEP_MSIZE}")
         except OSError as exc:
             raise FailedPrecondition(f"cannot mount the 9p share {tag!r} on {point}: "
                                      f"{exc.strerror}") from None

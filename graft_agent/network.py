@@ -9,9 +9,9 @@ from __future__ import annotations
 import asyncio
 import os
 import re
-from dataclasses import dataclass, field
+from typing import NamedTuple
 
-from .errors import DeadlineExceeded, InvalidArgument, NotFound, RuntimeFailure
+from .errors import InvalidArgument, NotFound, RuntimeFailure
 from .fsutil import read_text, which
 from .spawn import Spawner
 
@@ -20,26 +20,24 @@ _IFNAME = re.compile(r"[A-Za-z0-9_.-]{1,15}")
 _MAC = re.compile(r"([0-9a-f]{2}:){5}[0-9a-f]{2}")
 _SCOPE_NAMES = {0: "global", 200: "site", 253: "link", 254: "host", 255: "nowhere"}
 _SCOPE_NUMBERS = {v: k for k, v in _SCOPE_NAMES.items()}
+_ROUTE_FIELDS = {"via": "gateway", "dev": "device", "src": "source"}
 _ROUTE_KEYS = {"via", "dev", "src", "scope", "metric", "proto", "table", "mtu", "advmss",
                "expires", "pref", "error", "weight", "realm", "realms", "hoplimit"}
 
 
-@dataclass
-class Address:
+class Address(NamedTuple):
     address: str
     prefix_len: int
 
 
-@dataclass
-class Link:
+class Link(NamedTuple):
     name: str
     hw_addr: str
     mtu: int
-    addresses: list[Address] = field(default_factory=list)
+    addresses: list[Address]
 
 
-@dataclass
-class Route:
+class Route(NamedTuple):
     dest: str = ""
     gateway: str = ""
     device: str = ""
@@ -75,7 +73,7 @@ class Network:
 
     async def list_links(self) -> list[Link]:
         links = {name: Link(name, read_text(f"{_SYS_NET}/{name}/address").strip(),
-                            int(read_text(f"{_SYS_NET}/{name}/mtu", "0").strip() or 0))
+                            int(read_text(f"{_SYS_NET}/{name}/mtu", "0").strip() or 0), [])
                  for name in sorted(os.listdir(_SYS_NET))}
         for line in (await self._run("-o", "addr", "show")).splitlines():
             # "3: eth0    inet 10.0.0.2/24 brd ... scope global eth0\   valid_lft ..."
@@ -186,22 +184,19 @@ def parse_routes(text: str) -> list[Route]:
         if not tokens or tokens[0] in ("local", "broadcast", "unreachable", "prohibit",
                                        "blackhole", "multicast", "anycast", "throw"):
             continue
-        route = Route(dest=tokens[0])
+        fields = {"dest": tokens[0]}
         i = 1
         while i < len(tokens):
             key = tokens[i]
             value = tokens[i + 1] if i + 1 < len(tokens) else ""
             if key in _ROUTE_KEYS:
-                if key == "via":
-                    route.gateway = value
-                elif key == "dev":
-                    route.device = value
-                elif key == "src":
-                    route.source = value
+                if key in _ROUTE_FIELDS:
+                    fields[_ROUTE_FIELDS[key]] = value
                 elif key == "scope":
-                    route.scope = _SCOPE_NUMBERS.get(value, int(value) if value.isdigit() else 0)
+                    fields["scope"] = _SCOPE_NUMBERS.get(value, int(value) if value.isdigit() else 0)
                 i += 2
             else:
                 i += 1  # a flag such as onlink / linkdown
+        route = Route(**fields)
         routes.append(route)
     return routes

@@ -109,17 +109,31 @@ class OciRuntime:
             _unlink(log_file)
 
     async def _run_with_stdio(self, command: str, args: list[str], stdio: Stdio) -> None:
-        """Run a command whose stdio is handed down to a container process (create, exec);
-        its stderr is then the container's, so the error text comes from the log file."""
+        """Run a command whose stdio is handed down to a container process (create, exec).
+
+        Its stderr is then usually the container's, so the error text comes from the log file;
+        when the process gets a terminal instead (stdio all /dev/null), the runtime's own
+        output is captured too, for errors it reports before its log is set up."""
         log_file = self._log_file(command)
+        capture_r = capture_w = -1
+        if stdio.stdout == DEVNULL and stdio.stderr == DEVNULL:
+            capture_r, capture_w = os.pipe()
+            stdio = Stdio(stdio.stdin, capture_w, capture_w)
         try:
-            child = self._spawner.spawn(self._argv(log_file, [command, *args]),
-                                        stdin=stdio.stdin, stdout=stdio.stdout, stderr=stdio.stderr)
+            try:
+                child = self._spawner.spawn(self._argv(log_file, [command, *args]), stdin=stdio.stdin,
+                                            stdout=stdio.stdout, stderr=stdio.stderr)
+            finally:
+                if capture_w >= 0:
+                    os.close(capture_w)
             info = await self._spawner.wait_run(child)
             if info.status != 0:
-                raise self._failure(command, info.status, log_file, "")
+                said = _read_available(capture_r) if capture_r >= 0 else b""
+                raise self._failure(command, info.status, log_file, said.decode(errors="replace"))
         finally:
             _unlink(log_file)
+            if capture_r >= 0:
+                os.close(capture_r)
 
     def _failure(self, command: str, status: int, log_file: str, fallback: str) -> RuntimeFailure:
         detail = read_log_errors(log_file) or fallback.strip() or "no error message"
@@ -149,6 +163,15 @@ def read_log_errors(path: str, limit: int = 4096) -> str:
             messages.append(str(entry.get("msg", line)))
     text = "; ".join(messages)
     return text[-limit:]
+
+
+def _read_available(fd: int, limit: int = 65536) -> bytes:
+    """What is in a pipe right now (a surviving writer must not make us wait for EOF)."""
+    os.set_blocking(fd, False)
+    try:
+        return os.read(fd, limit)
+    except BlockingIOError:
+        return b""
 
 
 def _unlink(path: str) -> None:

@@ -32,23 +32,19 @@ _DEV_LINKS = {"/dev/fd": "/proc/self/fd", "/dev/stdin": "/proc/self/fd/0",
               "/dev/stdout": "/proc/self/fd/1", "/dev/stderr": "/proc/self/fd/2"}
 
 
-def mount_points() -> set[str]:
-    points = set()
+def mounted_types() -> dict[str, str]:
+    """Mount point -> filesystem type of its topmost mount."""
+    types = {}
     for line in read_text("/proc/self/mountinfo").splitlines():
         fields = line.split()
-        if len(fields) > 4:
-            points.add(fields[4])
-    return points
+        if len(fields) > 4 and " - " in line:
+            types[fields[4]] = line.split(" - ", 1)[1].split()[0]
+    return types
 
 
 def mount_type(point: str) -> str:
     """Filesystem type of the topmost mount on `point` ("" if nothing is mounted there)."""
-    fstype = ""
-    for line in read_text("/proc/self/mountinfo").splitlines():
-        fields = line.split()
-        if len(fields) > 4 and fields[4] == point and " - " in line:
-            fstype = line.split(" - ", 1)[1].split()[0]
-    return fstype
+    return mounted_types().get(point, "")
 
 
 def root_is_initramfs() -> bool:
@@ -57,18 +53,24 @@ def root_is_initramfs() -> bool:
 
 
 def mount_filesystems() -> None:
-    mounted = mount_points() if os.path.exists("/proc/self/mountinfo") else set()
+    mounted = mounted_types()
     for source, target, fstype, flags, data in _MOUNTS:
-        if target in mounted:
+        if mounted.get(target) == fstype:  # e.g. moved over by a switch_root launcher
             continue
         os.makedirs(target, exist_ok=True)
         try:
             syscalls.mount(source, target, fstype, flags, data)
         except OSError as exc:
+            if exc.errno == errno.EINVAL and data:
+                try:  # e.g. an older kernel without nsdelegate: a plain mount still works
+                    syscalls.mount(source, target, fstype, flags)
+                    continue
+                except OSError:
+                    pass
             if exc.errno != errno.EBUSY:  # EBUSY: already there (e.g. devtmpfs automount)
                 log.error("%s", exc)
         if target == "/proc":
-            mounted = mount_points()
+            mounted = mounted_types()
     for link, target in _DEV_LINKS.items():
         try:
             os.symlink(target, link)

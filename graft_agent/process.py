@@ -6,7 +6,6 @@ import asyncio
 import fcntl
 import os
 import struct
-import termios
 from collections.abc import Awaitable
 
 from .console_socket import ConsoleSocket
@@ -15,6 +14,8 @@ from .iostreams import InputStream, OutputStream
 from .oci_runtime import Stdio
 from .reaper import ExitInfo
 from .spawn import DEVNULL
+
+_TIOCSWINSZ = 0x5414  # asm-generic/ioctls.h (x86, arm64); spares importing termios
 
 
 class Process:
@@ -76,7 +77,7 @@ class Process:
     def resize(self, rows: int, cols: int) -> None:
         if self._console_fd is None:
             raise FailedPrecondition(f"process {self.name} has no terminal")
-        fcntl.ioctl(self._console_fd, termios.TIOCSWINSZ, struct.pack("HHHH", rows, cols, 0, 0))
+        fcntl.ioctl(self._console_fd, _TIOCSWINSZ, struct.pack("HHHH", rows, cols, 0, 0))
 
     def release(self) -> None:
         """Close every fd and buffer (the host is done with this process)."""

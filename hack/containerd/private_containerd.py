@@ -253,17 +253,32 @@ def stop(d: Layout) -> None:
     if pid:
         os.kill(pid, signal.SIGTERM)
         for _ in range(100):
-            if not Path(f"/proc/{pid}").exists():
+            if _gone(pid):
                 break
             time.sleep(0.1)
         else:
             os.kill(pid, signal.SIGKILL)
+            while not _gone(pid):
+                time.sleep(0.1)
     d.pid.unlink(missing_ok=True)
     subprocess.run(["ip", "link", "del", BRIDGE], capture_output=True)
     if d.ip_forward.exists():
         Path("/proc/sys/net/ipv4/ip_forward").write_text(d.ip_forward.read_text())
         d.ip_forward.unlink()
     _unmount_under(d.base)
+
+
+def _gone(pid: int) -> bool:
+    """Exited; reaped here when it is our child (started by `start` in this process)."""
+    try:
+        if os.waitpid(pid, os.WNOHANG)[0] == pid:
+            return True
+    except ChildProcessError:
+        pass
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
+    except (OSError, IndexError):
+        return True
 
 
 def _unmount_under(base: Path) -> None:

@@ -168,14 +168,21 @@ StreamOpener = Callable[[], Awaitable[tuple[asyncio.StreamReader, asyncio.Stream
 
 
 async def connect_agent(open_stream: StreamOpener, deadline: float,
-                        poll_interval: float = 0.01) -> AgentClient:
+                        poll_interval: float = 0.01,
+                        attempt_timeout: float | None = None) -> AgentClient:
     """Connect to the guest agent and wait until it answers a health check,
     or raise TimeoutError at *deadline* (an event-loop time).
 
     A VMM's chardev accepts before the guest agent runs, so readiness is
     proven by the health check, never by a sleep.
+
+    *attempt_timeout*: reconnect when one connection's health check is not
+    answered within it (doubling each time). For VMs restored from a
+    template: their agent is ending the template's session when the host
+    connects, and a request that reaches that old session is lost.
     """
     loop = asyncio.get_running_loop()
+    attempt = attempt_timeout
     while True:
         remaining = deadline - loop.time()
         if remaining <= 0:
@@ -189,11 +196,14 @@ async def connect_agent(open_stream: StreamOpener, deadline: float,
         try:
             # Bytes written before the agent opened its port wait in the VMM
             # and are answered once it runs: one health check per connection.
-            if await client.check(timeout=remaining):
+            if await client.check(timeout=remaining if attempt is None
+                                  else min(remaining, attempt)):
                 return client
         except TtrpcError as exc:
             if exc.code not in (Code.DEADLINE_EXCEEDED, Code.UNAVAILABLE):
                 await client.close()
                 raise
         await client.close()
+        if attempt is not None:
+            attempt *= 2
         await asyncio.sleep(poll_interval)

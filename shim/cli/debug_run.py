@@ -105,7 +105,8 @@ async def run_in_vm(config: GraftConfig, request: DebugRunRequest) -> int:
         if request.terminal and os.isatty(1):
             async def resize() -> None:
                 cols, rows = os.get_terminal_size(1)
-                await agent.tty_win_resize(CONTAINER_ID, "", rows, cols)
+                if rows and cols:  # a fresh pty may report 0x0: nothing to copy
+                    await agent.tty_win_resize(CONTAINER_ID, "", rows, cols)
             loop.add_signal_handler(signal.SIGWINCH, lambda: asyncio.ensure_future(resize()))
             await resize()
         with _raw_terminal(0, request.terminal):

@@ -22,6 +22,10 @@ from shim.sandbox.vm_config import hypervisor_config
 log = logging.getLogger(__name__)
 
 RESEED_BYTES = 512
+# A restored agent answers in ~0.1 s; a health check unanswered this long was
+# probably lost in the template's ending agent session: reconnect (see
+# connect_agent).
+RESTORE_CHECK_ATTEMPT_S = 1.0
 
 
 @dataclass(frozen=True)
@@ -51,10 +55,12 @@ def make_hypervisor(config: GraftConfig, vm_id: str, hv_config: HypervisorConfig
     return QemuHypervisor(vm_id, hv_config, paths, netns)
 
 
-async def _connect(config: GraftConfig, vm: Hypervisor, started: float) -> AgentClient:
+async def _connect(config: GraftConfig, vm: Hypervisor, started: float,
+                   attempt_timeout: float | None = None) -> AgentClient:
     loop = asyncio.get_running_loop()
     timeout = float(config.get("agent", "boot_timeout_s"))
-    connecting = asyncio.ensure_future(connect_agent(vm.open_agent_stream, started + timeout))
+    connecting = asyncio.ensure_future(connect_agent(vm.open_agent_stream, started + timeout,
+                                                     attempt_timeout=attempt_timeout))
     exited = asyncio.ensure_future(vm.wait_exit())
     try:
         done, _ = await asyncio.wait({connecting, exited}, return_when=asyncio.FIRST_COMPLETED)
@@ -100,7 +106,7 @@ async def restore_clone(config: GraftConfig, vm_id: str, paths: VmPaths, netns: 
     try:
         await vm.restore_vm(template_dir)
         await vm.resume_vm()
-        agent = await _connect(config, vm, started)
+        agent = await _connect(config, vm, started, attempt_timeout=RESTORE_CHECK_ATTEMPT_S)
         try:
             await refresh_clone_identity(agent)
         except BaseException:

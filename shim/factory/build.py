@@ -161,10 +161,11 @@ async def _boot_and_save(config: GraftConfig, directory: Path, vm_id: str) -> st
         await vm.start_vm()
         agent = await _connect(config, vm, started)
         version = await vm.version()
-        # The agent connection stays open until the VM is gone: closing it
-        # first would save the agent halfway through noticing the hang-up.
-        # A clone sees the host side closed right after restore instead, and
-        # then its shim connects (the agent serves session after session).
+        # The agent session stays open until the VM is gone. Closing it first
+        # would save the agent at a random point of noticing the hang-up;
+        # this way every clone starts alike: right after restore its host
+        # side is gone, the agent ends that session and serves the clone's
+        # shim in a new one (boot.restore_clone retries a lost first check).
         await vm.pause_vm()
         await vm.save_vm(directory)
         return version

@@ -3,10 +3,12 @@ runc, kernel modules, the agent) assembled from Debian packages and a PyPI wheel
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import gzip
 import importlib.metadata
 import os
+import shutil
 import sys
 import tempfile
 import time
@@ -18,8 +20,8 @@ from typing import Any
 
 from . import manifest as manifest_file
 from .agent import AgentSources, ensure_generated, locate_sources, sources_digest, stage_agent
-from .config import (BUILDER_VERSION, DLOPEN_LIBRARIES, KERNEL_METAPACKAGE, KERNEL_MODULES, LIBRARY_PACKAGES,
-                     PROGRAM_PACKAGES, PROTOBUF_PROJECT, default_cache_dir)
+from .config import (BUILDER_VERSION, DLOPEN_LIBRARIES, EARLY_MODULES, KERNEL_METAPACKAGE, KERNEL_MODULES,
+                     LIBRARY_PACKAGES, PROGRAM_PACKAGES, PROTOBUF_PROJECT, default_cache_dir)
 from .cpio import CpioEntry, entries_from_tree, write_cpio
 from .elf import is_elf, read_modinfo
 from .errors import GuestImageError
@@ -91,7 +93,8 @@ def build_guest_image(output_dir: Path, *, force: bool = False, progress: Progre
         cache_dir.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise GuestImageError(f"cannot create {exc.filename}: {exc.strerror}") from exc
-    build = _Build(output_dir, cache_dir, sources or HostPackageSources(), progress, compression, init_mode,
+    sources = sources or HostPackageSources(resolution_cache=cache_dir / "apt-resolution.json")
+    build = _Build(output_dir, cache_dir, sources, progress, compression, init_mode,
                    agent_sources)
     with _exclusive(output_dir):
         return build.run(force)
@@ -126,8 +129,7 @@ class _Build:
     def run(self, force: bool) -> GuestImage:
         started = time.monotonic()
         self.step()
-        debs = self.sources.resolve_debs(list(PROGRAM_PACKAGES + LIBRARY_PACKAGES))
-        kernel = self.sources.resolve_kernel(KERNEL_METAPACKAGE)
+        debs, kernel = self.sources.resolve(list(PROGRAM_PACKAGES + LIBRARY_PACKAGES), KERNEL_METAPACKAGE)
         protobuf_version = _host_protobuf_version()
         agent = self.agent_sources or locate_sources()
         ensure_generated(agent)
@@ -164,7 +166,7 @@ class _Build:
             built["built_at"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
             self.step()
             for name in (KERNEL_NAME, INITRD_NAME):
-                os.replace(work / name, self.output_dir / name)
+                _install(work / name, self.output_dir / name)
             manifest_file.write(self.output_dir, built)
         self.progress(f"guest image written to {self.output_dir} in {built['build_seconds']} s "
                       f"(initrd {built['outputs'][INITRD_NAME]['size'] / 1e6:.1f} MB)")
@@ -202,6 +204,8 @@ class _Build:
             rootfs.copy_file(path, guest, mode=0o644)
             guest_modules.append(guest)
         rootfs.write_file(f"{GRAFT_LIB}/modules.list", "".join(m + "\n" for m in guest_modules))
+        early = order_modules(list(EARLY_MODULES), module_paths, builtin).files
+        early_modules = ["/" + path.relative_to(kernel_root).as_posix() for path in early]
 
         self.step()
         stage_python(rootfs, [pkg_roots[n] for n in PROGRAM_PACKAGES if "python" in n])
@@ -222,7 +226,7 @@ class _Build:
         compile_trees(rootfs, [(STDLIB, True), (f"{GRAFT_LIB}/google", True)]
                       + [(d, False) for d in agent_dirs])
         self.facts["protobuf_backend"] = verify_imports(rootfs, GRAFT_LIB, ["graft_agent.api", "shim.ttrpc"])
-        self._stage_etc_and_init(rootfs)
+        self._stage_etc_and_init(rootfs, early_modules)
 
         self.step(f"({self.compression})")
         entries = entries_from_tree(rootfs.path) + _DEVICE_NODES
@@ -236,7 +240,8 @@ class _Build:
             "modules_added_as_dependencies": list(order.added_dependencies),
             "libraries": sorted(closure.libraries),
             "busybox_applets": applets,
-            "init": {"mode": self.init_mode, "command": init_script(self.init_mode).splitlines()[-1]},
+            "init": {"mode": self.init_mode, "early_modules": early_modules,
+                     "command": init_script(self.init_mode).splitlines()[-1]},
             "initrd": {"compression": self.compression, "entries": len(entries),
                        "uncompressed_size": uncompressed},
             "outputs": {name: {"size": (work / name).stat().st_size, "sha256": sha256_file(work / name)}
@@ -283,12 +288,12 @@ class _Build:
                 count += 1
         return count
 
-    def _stage_etc_and_init(self, rootfs: Rootfs) -> None:
+    def _stage_etc_and_init(self, rootfs: Rootfs, early_modules: list[str]) -> None:
         rootfs.write_file("/etc/passwd", "root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:/:/bin/false\n")
         rootfs.write_file("/etc/group", "root:x:0:\nnogroup:x:65534:\n")
         rootfs.write_file("/etc/hosts", "127.0.0.1\tlocalhost\n::1\tlocalhost\n")
         (rootfs.path / "newroot").mkdir(exist_ok=True)
-        rootfs.write_file("/init", init_script(self.init_mode), mode=0o755)
+        rootfs.write_file("/init", init_script(self.init_mode, early_modules), mode=0o755)
 
     def _write_initrd(self, target: Path, entries: list[CpioEntry]) -> int:
         with target.open("wb") as raw:
@@ -296,6 +301,18 @@ class _Build:
                 with gzip.GzipFile(fileobj=raw, mode="wb", compresslevel=6, mtime=0) as gz:
                     return write_cpio(gz, entries)
             return write_cpio(raw, entries)
+
+
+def _install(built: Path, target: Path) -> None:
+    """Move a finished output into place atomically, also across filesystems."""
+    try:
+        os.replace(built, target)
+    except OSError as exc:
+        if exc.errno != errno.EXDEV:
+            raise GuestImageError(f"cannot write {target}: {exc.strerror}") from exc
+        staging = target.with_name(f".{target.name}.tmp")
+        shutil.copyfile(built, staging)
+        os.replace(staging, target)
 
 
 def _is_protobuf_runtime_file(rel: str) -> bool:

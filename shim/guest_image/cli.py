@@ -25,6 +25,21 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+GRAFT_FAILED = 125  # exit status of `graft` when graft itself failed
+
+
+def run_build(config: object | None = None, *, output: Path | None = None, force: bool = False) -> int:
+    """`graft guest build`: output defaults to the config's guest image dir ($GRAFT_GUEST_DIR wins)."""
+    target = output or getattr(config, "guest_image_dir", None) or default_output_dir()
+    try:
+        image = build_guest_image(Path(target), force=force, progress=stderr_progress)
+    except GuestImageError as exc:
+        print(f"graft: error: guest build: {exc}", file=sys.stderr)
+        return GRAFT_FAILED
+    print(f"kernel: {image.kernel}\ninitrd: {image.initrd}\nmanifest: {image.manifest}")
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     output = args.output or default_output_dir()

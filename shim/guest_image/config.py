@@ -58,6 +58,10 @@ KERNEL_MODULES = (
     "failover", "net_failover", "virtio_net", "overlay", "virtio-rng",
 )
 
+# Loaded by /init before python starts (with their dependencies): virtio-rng initialises the
+# kernel CRNG, without which python's hash-seed read blocks ~1.1 s under TCG.
+EARLY_MODULES = ("virtio_pci", "virtio-rng")
+
 # Standard-library parts the agent never needs (packages or single modules, relative to the stdlib).
 STDLIB_EXCLUDES = (
     "test", "idlelib", "tkinter", "turtledemo", "turtle.py", "ensurepip", "lib2to3", "pydoc_data",
@@ -65,6 +69,18 @@ STDLIB_EXCLUDES = (
     "pdb.py", "lib2to3", "_distutils_system_mod.py", "sitecustomize.py", "EXTERNALLY-MANAGED",
     "LICENSE.txt", "config-3.11-x86_64-linux-gnu", "__phello__", "__hello__.py", "antigravity.py",
     "this.py", "_aix_support.py", "_osx_support.py",
+    # network-protocol clients/servers, mail and media formats the agent has no use for
+    "xmlrpc", "wsgiref", "smtpd.py", "smtplib.py", "imaplib.py", "nntplib.py", "poplib.py", "ftplib.py",
+    "telnetlib.py", "mailbox.py", "cgi.py", "cgitb.py", "aifc.py", "sunau.py", "wave.py", "sndhdr.py",
+    "imghdr.py", "chunk.py",
+    # CJK codecs (their C halves are dropped below)
+    "encodings/big5.py", "encodings/big5hkscs.py", "encodings/cp932.py", "encodings/cp949.py",
+    "encodings/cp950.py", "encodings/euc_jis_2004.py", "encodings/euc_jisx0213.py", "encodings/euc_jp.py",
+    "encodings/euc_kr.py", "encodings/gb18030.py", "encodings/gb2312.py", "encodings/gbk.py",
+    "encodings/hz.py", "encodings/iso2022_jp.py", "encodings/iso2022_jp_1.py", "encodings/iso2022_jp_2.py",
+    "encodings/iso2022_jp_2004.py", "encodings/iso2022_jp_3.py", "encodings/iso2022_jp_ext.py",
+    "encodings/iso2022_kr.py", "encodings/johab.py", "encodings/shift_jis.py",
+    "encodings/shift_jis_2004.py", "encodings/shift_jisx0213.py",
 )
 
 # C extensions that are dropped: TLS/hash ones (so `import asyncio` never maps libssl/libcrypto),
@@ -74,6 +90,7 @@ EXTENSION_EXCLUDES = (
     "readline", "nis", "_crypt", "_bz2", "ossaudiodev", "audioop", "xxlimited", "xxlimited_35",
     "_xxsubinterpreters", "_xxtestfuzz", "_ctypes_test", "_testbuffer", "_testcapi", "_testclinic",
     "_testimportmultiple", "_testinternalcapi", "_testmultiphase",
+    "_codecs_cn", "_codecs_hk", "_codecs_iso2022", "_codecs_jp", "_codecs_kr", "_codecs_tw", "_multibytecodec",
 )
 
 # Bytecode optimisation level for the sourceless stdlib and protobuf (2 strips docstrings too).

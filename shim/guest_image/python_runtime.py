@@ -37,7 +37,7 @@ def stage_python(rootfs: Rootfs, package_roots: list[Path]) -> None:
 
 def _stdlib_skip(rel: str) -> bool:
     parts = rel.split("/")
-    if parts[0] in STDLIB_EXCLUDES or "__pycache__" in parts:
+    if parts[0] in STDLIB_EXCLUDES or rel in STDLIB_EXCLUDES or "__pycache__" in parts:
         return True
     if parts[0] == "lib-dynload" and len(parts) == 2:
         return parts[1].split(".", 1)[0] in EXTENSION_EXCLUDES

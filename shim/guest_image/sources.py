@@ -7,9 +7,11 @@ cache needs no network.
 from __future__ import annotations
 
 import hashlib
+import json
+import os
 import re
 import sys
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Protocol
 
@@ -36,8 +38,10 @@ class DebRef:
 class PackageSources(Protocol):
     """The download layer the builder talks to (replaced by a fake in unit tests)."""
 
-    def resolve_debs(self, names: list[str]) -> list[DebRef]: ...
-    def resolve_kernel(self, metapackage: str) -> DebRef: ...
+    def resolve(self, names: list[str], kernel_metapackage: str) -> tuple[list[DebRef], DebRef]:
+        """The candidate version of each package, and the kernel package the metapackage pulls in."""
+        ...
+
     def fetch_debs(self, refs: list[DebRef], cache_dir: Path) -> dict[str, Path]: ...
     def fetch_wheel(self, project: str, version: str, cache_dir: Path) -> Path: ...
 
@@ -54,15 +58,34 @@ class HostPackageSources:
     """apt-cache/apt-get with the host's apt configuration; `python -m pip download` for wheels."""
 
     def __init__(self, *, arch: str = "amd64", wheel_platform: str = "manylinux2014_x86_64",
-                 python_version: str = "3.11") -> None:
+                 python_version: str = "3.11", resolution_cache: Path | None = None) -> None:
         self.arch = arch
+        self.resolution_cache = resolution_cache
         self.wheel_platform = wheel_platform
         self.python_version = python_version
 
     # -- Debian packages -------------------------------------------------------------------
 
-    def resolve_debs(self, names: list[str]) -> list[DebRef]:
+    def resolve(self, names: list[str], kernel_metapackage: str) -> tuple[list[DebRef], DebRef]:
+        # apt-cache rebuilds its cache on every call when pkgcache is disabled (~0.4 s each here),
+        # so the answer is remembered for as long as apt's lists and configuration are unchanged.
+        key = {"names": names, "kernel": kernel_metapackage, "arch": self.arch, "apt": _apt_state()}
+        cached = self._load_resolution(key)
+        if cached is not None:
+            return cached
         require_tool("apt-cache", "apt")
+        debs = self._resolve_candidates(names + [kernel_metapackage])
+        meta = debs.pop()
+        match = re.search(r"(linux-image-[^\s,(|]+)\s*(?:\(\s*=\s*([^)\s]+)\s*\))?", meta.depends)
+        if match is None:
+            raise GuestImageError(f"{kernel_metapackage} {meta.version} does not depend on a linux-image package "
+                                  f"(Depends: {meta.depends or 'none'})")
+        name, version = match.group(1), match.group(2)
+        kernel = self._show([(name, version)])[0] if version else self._resolve_candidates([name])[0]
+        self._store_resolution(key, debs, kernel)
+        return debs, kernel
+
+    def _resolve_candidates(self, names: list[str]) -> list[DebRef]:
         candidates = _parse_policy(run(["apt-cache", "policy", *names], what="apt-cache policy"))
         for name in names:
             if not candidates.get(name):
@@ -71,16 +94,28 @@ class HostPackageSources:
                     f"(unknown package, or run `apt-get update`)")
         return self._show([(name, candidates[name]) for name in names])
 
-    def resolve_kernel(self, metapackage: str) -> DebRef:
-        (meta,) = self.resolve_debs([metapackage])
-        match = re.search(r"(linux-image-[^\s,(|]+)\s*(?:\(\s*=\s*([^)\s]+)\s*\))?", meta.depends)
-        if match is None:
-            raise GuestImageError(f"{metapackage} {meta.version} does not depend on a linux-image package "
-                                  f"(Depends: {meta.depends or 'none'})")
-        name, version = match.group(1), match.group(2)
-        if version is None:
-            return self.resolve_debs([name])[0]
-        return self._show([(name, version)])[0]
+    def _load_resolution(self, key: dict) -> tuple[list[DebRef], DebRef] | None:
+        if self.resolution_cache is None:
+            return None
+        try:
+            data = json.loads(self.resolution_cache.read_text())
+            if data["key"] != key:
+                return None
+            return [DebRef(**d) for d in data["debs"]], DebRef(**data["kernel"])
+        except (OSError, ValueError, KeyError, TypeError):
+            return None
+
+    def _store_resolution(self, key: dict, debs: list[DebRef], kernel: DebRef) -> None:
+        if self.resolution_cache is None:
+            return
+        data = {"key": key, "debs": [asdict(d) for d in debs], "kernel": asdict(kernel)}
+        tmp = self.resolution_cache.with_suffix(".tmp")
+        try:
+            self.resolution_cache.parent.mkdir(parents=True, exist_ok=True)
+            tmp.write_text(json.dumps(data))
+            os.replace(tmp, self.resolution_cache)
+        except OSError:
+            pass  # only a speed-up
 
     def _show(self, pinned: list[tuple[str, str]]) -> list[DebRef]:
         out = run(["apt-cache", "show", *(f"{n}={v}" for n, v in pinned)],
@@ -143,6 +178,25 @@ def find_cached_wheel(cache_dir: Path, project: str, version: str) -> Path | Non
         if re.sub(r"[-_.]+", "_", dist).lower() == stem and "x86_64" in path.name:
             return path
     return None
+
+
+# What apt's candidate choice depends on: its package lists, its configuration (sources,
+# pinning) and the installed versions.
+_APT_STATE_PATHS = ("/var/lib/apt/lists", "/etc/apt", "/var/lib/dpkg/status")
+
+
+def _apt_state() -> list[list]:
+    state = []
+    for top in _APT_STATE_PATHS:
+        paths = [Path(top)] if not Path(top).is_dir() else sorted(
+            p for p in Path(top).rglob("*") if p.is_file() and p.name != "lock" and "partial" not in p.parts)
+        for path in paths:
+            try:
+                st = path.stat()
+            except OSError:
+                continue
+            state.append([str(path), st.st_size, st.st_mtime_ns])
+    return state
 
 
 def _matches(path: Path, sha256: str) -> bool:

@@ -69,7 +69,7 @@ class CloudHypervisor(SupervisedHypervisor):
                 raise
 
     async def restore_vm(self, directory: Path, timeout: float = 30.0) -> None:
-        directory = Path(directory)
+        directory = Path(directory).resolve()
         check_snapshot_dir(directory)
         try:
             saved = json.loads((directory / "config.json").read_text())
@@ -103,7 +103,7 @@ class CloudHypervisor(SupervisedHypervisor):
     async def save_vm(self, directory: Path) -> None:
         """vm.snapshot into *directory* (config.json, state.json,
         memory-ranges). RAM in a shared file-backed zone is not copied."""
-        directory = Path(directory)
+        directory = Path(directory).resolve()
         async with self._lifecycle:
             state = await self._vm_state()
             if state != "Paused":

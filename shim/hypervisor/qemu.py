@@ -59,7 +59,7 @@ class QemuHypervisor(SupervisedHypervisor):
                 raise
 
     async def restore_vm(self, directory: Path, timeout: float = 30.0) -> None:
-        state_file = Path(directory) / STATE_FILE
+        state_file = Path(directory).resolve() / STATE_FILE
         if not state_file.is_file():
             raise HypervisorError(f"VM {self.vm_id}: no saved state at {state_file}")
         deadline = time.monotonic() + timeout
@@ -92,7 +92,7 @@ class QemuHypervisor(SupervisedHypervisor):
         """Migrate the paused VM's device state to <directory>/state. With
         shared file-backed memory the guest RAM is not copied (x-ignore-shared).
         Afterwards QEMU is in 'postmigrate' state; the caller normally stops it."""
-        directory = Path(directory)
+        directory = Path(directory).resolve()
         async with self._lifecycle:
             qmp = self._running_qmp()
             state = await qmp.run_state()

@@ -9,10 +9,11 @@ containerd hands us, per process, URIs for stdin/stdout/stderr:
 Rules that keep clients and containers from hanging:
   * an output fifo gets our own O_RDONLY keep-alive first, so opening the writer never blocks and
     a client that goes away does not make writes fail; if the fifo stays full for
-    ``STALL_SECONDS`` (nobody reads), we drop the oldest buffered chunk instead of blocking the
-    container;
-  * the stdin fifo is opened with a blocking O_RDONLY in a thread (O_NONBLOCK would read EOF
-    at once when the client has not opened it yet); closing unblocks that open;
+    ``STALL_SECONDS`` (nobody reads), we empty it through the keep-alive and keep doing so
+    while it stays unread, instead of blocking the container;
+  * the stdin fifo is opened O_RDONLY|O_NONBLOCK and read only when epoll says it is ready
+    (a plain read would see EOF before the client opened it); no thread ever blocks in open(),
+    which could otherwise hang the daemon's exit when the client never opens or deletes it;
   * writers are closed at the process's end of output, which gives the client its EOF.
 """
 from __future__ import annotations
@@ -21,6 +22,7 @@ import asyncio
 import logging
 import os
 import stat
+import sys
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,6 +32,7 @@ from urllib.parse import parse_qsl, urlsplit
 log = logging.getLogger(__name__)
 
 STALL_SECONDS = 5.0
+SHED_WAIT_SECONDS = 0.05
 LOGGER_READY_SECONDS = 10.0
 _CHUNK = 64 * 1024
 
@@ -81,7 +84,7 @@ class PipeSink(Sink):
         self._fd: int | None = fd
         self._keepalive = keepalive_fd
         self._name = name
-        self._warned = False
+        self._shedding = False
         os.set_blocking(fd, False)
 
     async def write(self, data: bytes) -> None:
@@ -90,7 +93,12 @@ class PipeSink(Sink):
             try:
                 view = view[os.write(self._fd, view):]
             except BlockingIOError:
-                if not await _wait_writable(self._fd, STALL_SECONDS):
+                # Once nobody read for STALL_SECONDS, only wait briefly from then on: a client
+                # that reads again shows up as writability and ends the shedding.
+                patience = SHED_WAIT_SECONDS if self._shedding else STALL_SECONDS
+                if await _wait_writable(self._fd, patience):
+                    self._shedding = False
+                else:
                     self._shed()
             except OSError as exc:  # EPIPE: the reader is gone for good; discard from now on
                 log.info("stdio %s: reader gone (%s); discarding output", self._name, exc)
@@ -99,11 +107,12 @@ class PipeSink(Sink):
     def _shed(self) -> None:
         if self._keepalive is None:
             return  # a pipe to a logger: back-pressure is the logger's business
-        if not self._warned:
-            log.warning("stdio %s: nobody reads; dropping old output", self._name)
-            self._warned = True
+        if not self._shedding:
+            log.warning("stdio %s: nobody reads; dropping buffered output", self._name)
+        self._shedding = True
         try:
-            os.read(self._keepalive, _CHUNK)
+            while os.read(self._keepalive, _CHUNK):
+                pass
         except BlockingIOError:
             pass
 
@@ -171,52 +180,45 @@ def open_fifo_sink(path: str, name: str) -> Sink:
 # -- stdin source -------------------------------------------------------------------------------
 
 class FifoSource:
-    """Reads the client's stdin fifo; opening waits (in a thread) until the client opens it."""
+    """Reads the client's stdin fifo without ever blocking a thread.
+
+    Opened O_RDONLY|O_NONBLOCK at once. A read() before any writer connected would return EOF,
+    so we only read after epoll reports the fifo ready: that happens on data, or on hang-up
+    once a writer has come and gone (a fifo that never had a writer reports nothing).
+    """
 
     def __init__(self, path: str) -> None:
         self._path = path
         self._fd: int | None = None
-        self._closing = False
 
     async def open(self) -> bool:
         try:
-            fd = await asyncio.to_thread(os.open, self._path, os.O_RDONLY | os.O_CLOEXEC)
+            self._fd = os.open(self._path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
         except OSError as exc:
             log.warning("stdin %s: cannot open: %s", self._path, exc)
             return False
-        if self._closing:
-            os.close(fd)
-            return False
-        os.set_blocking(fd, False)
-        self._fd = fd
         return True
 
     async def read(self) -> bytes:
-        """Next chunk; b"" at EOF."""
+        """Next chunk; b"" at EOF (the client closed its end)."""
         assert self._fd is not None
         loop = asyncio.get_running_loop()
         while True:
+            ready = loop.create_future()
+            loop.add_reader(self._fd, lambda: ready.done() or ready.set_result(None))
+            try:
+                await ready
+            finally:
+                loop.remove_reader(self._fd)
             try:
                 return os.read(self._fd, _CHUNK)
             except BlockingIOError:
-                ready = loop.create_future()
-                loop.add_reader(self._fd, lambda: ready.done() or ready.set_result(None))
-                try:
-                    await ready
-                finally:
-                    loop.remove_reader(self._fd)
+                continue
 
     def close(self) -> None:
-        self._closing = True
         if self._fd is not None:
             os.close(self._fd)
             self._fd = None
-            return
-        # A thread may be blocked in open(O_RDONLY) waiting for a writer: become that writer.
-        try:
-            os.close(os.open(self._path, os.O_WRONLY | os.O_NONBLOCK | os.O_CLOEXEC))
-        except OSError:
-            pass
 
 
 # -- one process's stdio ---------------------------------------------------------------------------
@@ -276,17 +278,13 @@ class ProcessIO:
         env = dict(os.environ, CONTAINER_ID=self._container_id,
                    CONTAINER_NAMESPACE=self._namespace)
 
-        def child_fds() -> None:  # runs in the child before exec: fds 3, 4, 5
-            # Move the sources above 5 first so one dup2 never clobbers another's source.
-            high = [_dup_above(fd, 10) for fd in (out_r, err_r, ready_w)]
-            for target, fd in zip((3, 4, 5), high):
-                os.dup2(fd, target)
-                os.set_inheritable(target, True)
-
         try:
+            # A tiny trampoline puts the pipes on fds 3, 4, 5 and execs the logger; doing it in
+            # a preexec_fn could clobber subprocess's own error pipe.
             self._logger = await asyncio.create_subprocess_exec(
-                *argv, stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.DEVNULL,
-                stderr=asyncio.subprocess.DEVNULL, env=env, preexec_fn=child_fds,
+                sys.executable, "-S", "-c", _FD_TRAMPOLINE, str(out_r), str(err_r),
+                str(ready_w), *argv, stdin=asyncio.subprocess.DEVNULL,
+                stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL, env=env,
                 pass_fds=(out_r, err_r, ready_w), start_new_session=True)
         except OSError as exc:
             for fd in (out_r, out_w, err_r, err_w, ready_r, ready_w):
@@ -294,12 +292,16 @@ class ProcessIO:
             raise StdioError(f"cannot start logger {argv[0]}: {exc}") from exc
         for fd in (out_r, err_r, ready_w):
             os.close(fd)
+        loop = asyncio.get_running_loop()
+        ready = loop.create_future()
+        loop.add_reader(ready_r, lambda: ready.done() or ready.set_result(None))
         try:
             # Ready when the logger closes (or writes to) fd 5.
-            await asyncio.wait_for(asyncio.to_thread(os.read, ready_r, 1), LOGGER_READY_SECONDS)
+            await asyncio.wait_for(ready, LOGGER_READY_SECONDS)
         except TimeoutError:
             log.warning("logger %s not ready after %ss; continuing", argv[0], LOGGER_READY_SECONDS)
         finally:
+            loop.remove_reader(ready_r)
             os.close(ready_r)
         return PipeSink(out_w, None, "logger stdout"), PipeSink(err_w, None, "logger stderr")
 
@@ -395,10 +397,18 @@ class ProcessIO:
                 await self._logger.wait()
 
 
-def _dup_above(fd: int, minimum: int) -> int:
-    import fcntl
-
-    return fcntl.fcntl(fd, fcntl.F_DUPFD, minimum)
+_FD_TRAMPOLINE = """
+import fcntl, os, sys
+originals = [int(fd) for fd in sys.argv[1:4]]
+sources = [fcntl.fcntl(fd, fcntl.F_DUPFD, 10) for fd in originals]
+for fd in originals:
+    os.close(fd)  # the logger must hold only fds 3-5, or fd 5 would never reach EOF
+for target, fd in zip((3, 4, 5), sources):
+    os.dup2(fd, target)
+for fd in sources:
+    os.close(fd)
+os.execv(sys.argv[4], sys.argv[4:])
+"""
 
 
 def _path_of(uri: str) -> str:

@@ -69,6 +69,7 @@ class VmBackend:
         self._kinds: dict[str, ContainerKind] = {}
         self._oom_handler: Callable[[str], None] = lambda container_id: None
         self._oom_watch: asyncio.Task | None = None
+        self._stop_task: asyncio.Task | None = None
 
     def on_oom(self, handler: Callable[[str], None]) -> None:
         self._oom_handler = handler
@@ -184,8 +185,9 @@ class VmBackend:
         if self._guest(container_id):
             await self.agent.signal_process(container_id, exec_id, signal, all=all)
         elif signal in (signals.SIGKILL, signals.SIGTERM, signals.SIGINT):
-            # The pod VM: CRI only kills it after its app containers are gone.
-            await self._stop_vm()
+            # The pod VM: CRI only kills it after its app containers are gone. Kill returns at
+            # once; Wait/the exit event report the VM's end, Delete waits for the teardown.
+            self._begin_stop()
 
     async def remove_container(self, container_id: str) -> None:
         kind = self._kinds.pop(container_id, None)
@@ -262,23 +264,28 @@ class VmBackend:
     def streams(self, container_id: str, exec_id: str) -> _AgentStreams:
         return _AgentStreams(self, container_id, exec_id)
 
-    async def _stop_vm(self) -> None:
-        if self._sandbox is not None:
-            await self._sandbox.stop()
+    def _begin_stop(self) -> None:
+        if self._stop_task is None and self._sandbox is not None:
+            self._stop_task = asyncio.ensure_future(self._sandbox.stop())
 
     async def _teardown(self) -> None:
         if self._oom_watch is not None:
             self._oom_watch.cancel()
             await asyncio.gather(self._oom_watch, return_exceptions=True)
             self._oom_watch = None
-        if self._sandbox is not None:
-            await self._sandbox.stop()
+        self._begin_stop()
+        if self._stop_task is not None:
+            try:
+                await asyncio.shield(self._stop_task)
+            except Exception:
+                log.exception("stopping the pod VM failed")
         if self._vm_watch is not None:
             try:
                 await asyncio.wait_for(asyncio.shield(self._vm_watch), 10)
             except TimeoutError:
                 self._vm_watch.cancel()
         self._sandbox = None
+        self._stop_task = None
 
     async def close(self) -> None:
         self._kinds.clear()

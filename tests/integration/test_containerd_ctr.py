@@ -72,7 +72,7 @@ def test_exit_code_and_stderr(containerd, vm_ready):
 
 
 def test_stdin_is_forwarded(containerd, vm_ready):
-    done = containerd.ctr("run", "--rm", "-i", "--runtime", RUNTIME, IMAGE, "cat", "cat",
+    done = containerd.ctr("run", "--rm", "--runtime", RUNTIME, IMAGE, "cat", "cat",
                           input=b"through the vm\n")
     assert done.stdout == b"through the vm\n"
 

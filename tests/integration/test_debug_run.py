@@ -2,11 +2,14 @@
 crun inside the guest, a busybox rootfs shared over virtio-9p."""
 from __future__ import annotations
 
+import fcntl
 import os
 import pty
 import select
+import struct
 import subprocess
 import sys
+import termios
 import time
 from pathlib import Path
 
@@ -75,6 +78,7 @@ def test_stdin_round_trip(config_file: Path, busybox_rootfs: Path) -> None:
 def test_tty_mode(config_file: Path, busybox_rootfs: Path) -> None:
     """With -t the container gets a terminal; output arrives on our pty."""
     master, slave = pty.openpty()
+    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 31, 97, 0, 0))
     proc = subprocess.Popen([sys.executable, "-m", "shim.cli.graft_main", "--config",
                              str(config_file), "debug", "run", "-t", str(busybox_rootfs), "--",
                              "sh", "-c", "tty; stty size; echo done"],
@@ -98,6 +102,7 @@ def test_tty_mode(config_file: Path, busybox_rootfs: Path) -> None:
     assert proc.wait(30) == 0, proc.stderr.read().decode()
     text = out.decode(errors="replace")
     assert "/dev/pts/" in text, text
+    assert "31 97" in text  # the host terminal's size reached the container
     assert "done" in text
 
 
@@ -113,16 +118,16 @@ def test_missing_guest_image_is_a_clear_error(busybox_rootfs: Path, tmp_path: Pa
 
 def test_missing_qemu_is_a_clear_error(busybox_rootfs: Path, tmp_path: Path,
                                        graft_config: GraftConfig) -> None:
+    state = graft_config.state_dir / "no-qemu-state"
     cfg = tmp_path / "graft.toml"
     cfg.write_text(f'[guest]\nimage_dir = "{graft_config.guest_image_dir}"\n'
-                   f'[runtime]\nstate_dir = "{tmp_path / "state"}"\n'
+                   f'[runtime]\nstate_dir = "{state}"\n'
                    f'[hypervisor]\nbinary = "{tmp_path / "no-qemu"}"\n')
     res = graft(cfg, "debug", "run", str(busybox_rootfs), "--", "true")
     assert res.returncode == 125
     assert str(tmp_path / "no-qemu").encode() in res.stderr
     assert b"Traceback" not in res.stderr
-    assert not (tmp_path / "state" / "sandboxes").exists() or \
-        list((tmp_path / "state" / "sandboxes").iterdir()) == []
+    assert not (state / "sandboxes").exists() or list((state / "sandboxes").iterdir()) == []
 
 
 def test_bad_rootfs_is_a_clear_error(config_file: Path, tmp_path: Path) -> None:

@@ -337,8 +337,12 @@ async def test_pause_resume(template: Template, tmp_path: Path) -> None:
         await guest.close()
         with pytest.raises(HypervisorError, match="paused"):
             await hv.save_vm(tmp_path / "not-paused")  # save needs a paused VM
+        pid = hv.pid
+        assert pid is not None
     finally:
         await hv.stop_vm()
+    assert process_gone(pid)
+    assert hv.exited.is_set() and await hv.wait_exit() == 0  # QMP quit: clean exit
     await hv.stop_vm()  # idempotent
     assert_cleaned(hv)
 

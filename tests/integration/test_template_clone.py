@@ -178,3 +178,34 @@ async def test_template_memory_is_unchanged_after_clones(config: GraftConfig,
     assert sha256_of(tpl.memory_file) == digest_after_build
     assert find_usable_template(config).directory == tpl.directory
     assert not any(name.startswith("tpl-") for name in os.listdir(config.state_dir / "sandboxes"))
+
+
+async def test_rebuild_and_destroy_under_a_running_clone(config: GraftConfig, template,
+                                                         busybox_rootfs: Path) -> None:
+    """Runs last: replaces the module's template. A clone of the old template
+    keeps working while the template is rebuilt for another config and then
+    destroyed (its memory file is unlinked, never rewritten; the busy tmpfs is
+    detached lazily)."""
+    old, _ = template
+    box = await Sandbox.launch("tpl-old", config)
+    try:
+        assert box.boot_path.restored
+        changed = factory_config(config, config.template_path, kernel_params="graft.rebuilt=1")
+        rebuilt = await init_template(changed)
+        assert rebuilt.built and rebuilt.replaced
+        assert "config mismatch: kernel_params" in rebuilt.replaced[0]
+        assert not old.directory.exists()
+        assert (await run_in(box, "after-rebuild", busybox_rootfs, ["echo", "still"])) \
+            == (0, b"still\n")
+        clone = await Sandbox.launch("tpl-new", changed)
+        try:
+            assert clone.boot_path.restored
+            assert str(rebuilt.template.directory) in clone.boot_path.reason
+        finally:
+            await clone.stop()
+        destroy_template(changed)
+        assert tmpfs.mounted_fstype(config.template_path) is None
+        assert (await run_in(box, "after-destroy", busybox_rootfs, ["echo", "alive"])) \
+            == (0, b"alive\n")
+    finally:
+        await box.stop()

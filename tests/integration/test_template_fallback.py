@@ -6,6 +6,8 @@ import io
 import json
 import logging
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -117,12 +119,35 @@ async def test_template_from_another_kernel_means_cold_boot(
         await launch_expecting_cold_boot(config, "fb-kernel", "guest kernel changed", caplog)
 
 
+def graft_cli(config: GraftConfig, tmp_path: Path, *args: str) -> subprocess.CompletedProcess:
+    """Run the `graft` CLI with *config* written out as a TOML file."""
+    lines = []
+    for section in sorted({s for s, _ in config.values}):
+        lines.append(f"[{section}]")
+        for (sec, name), value in config.values.items():
+            if sec == section:
+                lines.append(f"{name} = {json.dumps(value)}")
+    path = tmp_path / "graft.toml"
+    path.write_text("\n".join(lines) + "\n")
+    return subprocess.run([sys.executable, "-m", "shim.cli.graft_main", "--config", str(path),
+                           *args], capture_output=True, text=True, timeout=120)
+
+
 async def test_destroy_then_missing_template_means_cold_boot(
-        config: GraftConfig, template, caplog: pytest.LogCaptureFixture) -> None:
-    out = io.StringIO()
-    assert run_factory(config, "status", out) == 0  # the damage above was undone
-    assert run_factory(config, "destroy", io.StringIO()) == 0
+        config: GraftConfig, template, caplog: pytest.LogCaptureFixture,
+        tmp_path: Path) -> None:
+    status = graft_cli(config, tmp_path, "factory", "status")
+    assert status.returncode == 0, status.stdout + status.stderr  # the damage above was undone
+    assert f"template: usable ({template.directory})" in status.stdout
+    overview = graft_cli(config, tmp_path, "status")
+    assert overview.returncode == 0 and "template: usable" in overview.stdout
+    destroyed = graft_cli(config, tmp_path, "factory", "destroy")
+    assert destroyed.returncode == 0, destroyed.stderr
+    assert f"unmounted the tmpfs on {config.template_path}" in destroyed.stdout
     assert tmpfs.mounted_fstype(config.template_path) is None
     assert not config.template_path.exists()
-    assert run_factory(config, "destroy", io.StringIO()) == 0  # safe when absent
+    again = graft_cli(config, tmp_path, "factory", "destroy")  # safe when absent
+    assert again.returncode == 0 and "no template" in again.stdout
+    missing = graft_cli(config, tmp_path, "factory", "status")
+    assert missing.returncode == 1 and "no template at" in missing.stdout
     await launch_expecting_cold_boot(config, "fb-missing", "no template at", caplog)

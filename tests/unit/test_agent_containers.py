@@ -13,8 +13,11 @@ from agent_harness import AgentClient, AgentProcess, process_alive, unique
 from graft_agent.api import agent_pb2 as pb
 from shim.ttrpc import Code, TtrpcError
 
-pytestmark = pytest.mark.skipif(shutil.which("crun") is None or shutil.which("unshare") is None,
-                                reason="needs crun")
+pytestmark = [
+    pytest.mark.skipif(shutil.which("crun") is None, reason="needs crun"),
+    # Client connections live in fixtures: tests and fixtures must share one event loop.
+    pytest.mark.asyncio(loop_scope="session"),
+]
 
 
 @pytest.fixture(scope="module")
@@ -28,7 +31,7 @@ def agent_process(tmp_path_factory):
     assert not leftovers, f"{leftovers}\n{agent.log()}"
 
 
-@pytest_asyncio.fixture(loop_scope="function")
+@pytest_asyncio.fixture
 async def agent(agent_process):
     client = await AgentClient.connect(agent_process)
     yield client
@@ -213,10 +216,14 @@ async def test_pause_resume(agent, busybox_rootfs):
         await agent.call("PauseContainer", pb.ContainerRequest(container_id=cid))
     assert err.value.code == Code.FAILED_PRECONDITION
     # Drain what was written before the freeze; then nothing more may arrive.
-    await asyncio.sleep(0.2)
-    await agent.call("ReadStdout", pb.ReadStreamRequest(container_id=cid), timeout=5)
+    for _ in range(20):
+        try:
+            await agent.call("ReadStdout", pb.ReadStreamRequest(container_id=cid), timeout=0.3)
+        except TtrpcError as exc:
+            assert exc.code == Code.DEADLINE_EXCEEDED
+            break
     with pytest.raises(TtrpcError) as err:
-        await agent.call("ReadStdout", pb.ReadStreamRequest(container_id=cid), timeout=0.5)
+        await agent.call("ReadStdout", pb.ReadStreamRequest(container_id=cid), timeout=0.7)
     assert err.value.code == Code.DEADLINE_EXCEEDED
     await agent.call("ResumeContainer", pb.ContainerRequest(container_id=cid))
     assert b"tick" in await agent.read_until(cid, b"tick", timeout=5)
@@ -375,3 +382,18 @@ async def test_shutdown_leaves_nothing_behind(tmp_path, busybox_rootfs):
         rc = agent_process.stop()
     assert rc == 0, agent_process.log()
     assert agent_process.leftovers() == [], agent_process.log()
+
+
+async def test_tty_close_stdin_and_failure_message(agent, busybox_rootfs):
+    cid = unique("ttycat")
+    await agent.create(cid, ["cat"], busybox_rootfs, stdin=True, terminal=True)
+    await agent.start(cid)
+    await agent.call("WriteStdin", pb.WriteStreamRequest(container_id=cid, data=b"abc\n"))
+    await agent.read_until(cid, b"abc\r\nabc\r\n")  # the terminal's echo, then cat's copy
+    await agent.call("CloseStdin", pb.ProcessRequest(container_id=cid))  # ^D: cat sees EOF
+    assert await agent.wait(cid, timeout=10) == 0
+    await agent.remove(cid)
+
+    with pytest.raises(TtrpcError) as err:
+        await agent.create(unique("ttybad"), ["/no/such/binary"], busybox_rootfs, terminal=True)
+    assert err.value.code == Code.INTERNAL and "/no/such/binary" in err.value.message

@@ -341,3 +341,31 @@ def test_guest_spec_rewrites_host_only_parts():
     assert out["mounts"][1]["options"] == ["rbind", "rprivate", "rw"]
     assert out["mounts"][2]["type"] == "tmpfs"
     assert [(str(b.source), b.share_name) for b in binds] == [("/var/lib/c/hosts", "0")]
+
+
+async def test_file_uri_appends_stdout(env, bundle, tmp_path):
+    manager, backend, _ = env
+    log = tmp_path / "logs" / "c1.log"
+    await manager.create(CreateRequest("c1", bundle, [], StdioSpec(stdout=f"file://{log}",
+                                                                   stderr=f"file://{log}")))
+    await manager.start("c1", "")
+    backend.proc("c1").finish(0, b"to a file\n")
+    await manager.wait("c1", "")
+    assert log.read_bytes() == b"to a file\n"
+
+
+async def test_binary_uri_starts_a_logger(env, bundle, tmp_path):
+    manager, backend, _ = env
+    logger = tmp_path / "logger.sh"
+    out = tmp_path / "logged"
+    logger.write_text(f"#!/bin/sh\necho \"$CONTAINER_ID $CONTAINER_NAMESPACE $1 $2\" > {out}.env\n"
+                      f"exec 5>&-\ncat <&3 > {out}\n")
+    logger.chmod(0o755)
+    uri = f"binary://{logger}?mode=test"
+    await manager.create(CreateRequest("c1", bundle, [], StdioSpec(stdout=uri, stderr=uri)))
+    await manager.start("c1", "")
+    backend.proc("c1").finish(0, b"via logger\n")
+    await manager.wait("c1", "")
+    await manager.delete("c1", "")  # closes the pipes; the logger exits and is waited for
+    assert out.read_bytes() == b"via logger\n"
+    assert (tmp_path / "logged.env").read_text().split() == ["c1", "test", "mode", "test"]
