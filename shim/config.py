@@ -16,14 +16,6 @@ from typing import Any, Callable
 
 DEFAULT_CONFIG_PATH = Path("/etc/graft/configuration.toml")
 
-# Kernel parameters that matter for boot time under TCG (measured, see
-# templating notes) and for a quiet, predictable guest.
-DEFAULT_KERNEL_PARAMS = (
-    "console=ttyS0 panic=-1 reboot=t quiet cryptomgr.notests tsc=reliable no_timer_check "
-    "rcupdate.rcu_expedited=1 i8042.noaux=1 i8042.nokbd=1 i8042.nopnp=1 mitigations=off "
-    "audit=0 random.trust_cpu=on"
-)
-
 
 class ConfigError(ValueError):
     """A bad configuration; the message names the offending key."""

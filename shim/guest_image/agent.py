@@ -1,6 +1,7 @@
 """Our own Python code in the guest: the graft_agent package and the host-neutral shim.ttrpc."""
 from __future__ import annotations
 
+import ast
 import hashlib
 import importlib.util
 import subprocess
@@ -62,6 +63,27 @@ def sources_digest(sources: AgentSources) -> str:
             digest.update(f"{label}/{path.relative_to(root).as_posix()}\0".encode())
             digest.update(hashlib.sha256(path.read_bytes()).digest())
     return digest.hexdigest()
+
+
+def external_imports(sources: AgentSources) -> list[str]:
+    """Every module our guest code imports from outside itself (stdlib, protobuf), also lazily
+    inside functions, so the build can check the trimmed stdlib still has all of them."""
+    found: set[str] = set()
+    for root in (sources.agent, sources.ttrpc):
+        for path in source_files(root):
+            if path.suffix != ".py":
+                continue
+            try:
+                tree = ast.parse(path.read_bytes(), filename=str(path))
+            except SyntaxError as exc:
+                raise GuestImageError(f"{path}: syntax error: {exc.msg} (line {exc.lineno})") from exc
+            for node in ast.walk(tree):
+                if isinstance(node, ast.Import):
+                    found.update(alias.name for alias in node.names)
+                elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                    found.add(node.module)
+    ours = (AGENT_PACKAGE, "shim")
+    return sorted(name for name in found if name.split(".")[0] not in ours and name != "__future__")
 
 
 def stage_agent(rootfs: Rootfs, sources: AgentSources) -> list[str]:

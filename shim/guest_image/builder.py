@@ -19,7 +19,8 @@ from pathlib import Path
 from typing import Any
 
 from . import manifest as manifest_file
-from .agent import AgentSources, ensure_generated, locate_sources, sources_digest, stage_agent
+from .agent import (AgentSources, ensure_generated, external_imports, locate_sources, sources_digest,
+                    stage_agent)
 from .config import (BUILDER_VERSION, DLOPEN_LIBRARIES, EARLY_MODULES, KERNEL_METAPACKAGE, KERNEL_MODULES,
                      LIBRARY_PACKAGES, PROGRAM_PACKAGES, PROTOBUF_PROJECT, default_cache_dir)
 from .cpio import CpioEntry, entries_from_tree, write_cpio
@@ -225,7 +226,8 @@ class _Build:
         self.step()
         compile_trees(rootfs, [(STDLIB, True), (f"{GRAFT_LIB}/google", True)]
                       + [(d, False) for d in agent_dirs])
-        self.facts["protobuf_backend"] = verify_imports(rootfs, GRAFT_LIB, ["graft_agent.api", "shim.ttrpc"])
+        self.facts["protobuf_backend"] = verify_imports(
+            rootfs, GRAFT_LIB, ["graft_agent.api", "shim.ttrpc", *external_imports(agent)])
         self._stage_etc_and_init(rootfs, early_modules)
 
         self.step(f"({self.compression})")

@@ -25,7 +25,8 @@ from .layout import GRAFT_LIB
 INIT_MODES = ("bind", "copy", "none")
 DEFAULT_INIT_MODE = "bind"
 
-AGENT_COMMAND = "/usr/bin/python3 -S -m graft_agent"
+# -S: no site (nothing to add, saves imports); -P: no cwd ("/") prepended to sys.path.
+AGENT_COMMAND = "/usr/bin/python3 -S -P -m graft_agent"
 
 _BODIES = {
     "bind": f"""export GRAFT_ROOT_PIVOTABLE=1

@@ -101,8 +101,14 @@ hashlib.sha256(b"")
 bad = sorted(m for m in ("_ssl", "_hashlib", "ssl") if m in sys.modules)
 if bad:
     sys.exit("modules that pull in OpenSSL were imported: %s" % bad)
+missing = []
 for module in sys.argv[1:]:
-    __import__(module)
+    try:
+        __import__(module)
+    except ImportError as exc:
+        missing.append("%s (%s)" % (module, exc))
+if missing:
+    sys.exit("the guest python cannot import: " + ", ".join(missing))
 print(api_implementation.Type())
 """
 

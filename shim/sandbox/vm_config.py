@@ -3,11 +3,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from shim.config import DEFAULT_KERNEL_PARAMS, GraftConfig
+from shim.config import GraftConfig
+from shim.errors import FailedPrecondition
+from shim.hypervisor.kernel_params import FAST_BOOT_KERNEL_PARAMS
 from shim.hypervisor.base import Accelerator, FileBackedMemoryConfig, HypervisorConfig
 
 
-class GuestImageMissing(FileNotFoundError):
+class GuestImageMissing(FailedPrecondition):
     """The kernel or initrd is not there: `graft guest build` has not run."""
 
 
@@ -27,7 +29,7 @@ def hypervisor_config(config: GraftConfig,
                       ) -> HypervisorConfig:
     kernel, initrd = guest_image_paths(config)
     hv = lambda name: config.get("hypervisor", name)  # noqa: E731
-    params = DEFAULT_KERNEL_PARAMS.split() + str(hv("kernel_params")).split()
+    params = list(FAST_BOOT_KERNEL_PARAMS) + str(hv("kernel_params")).split()
     return HypervisorConfig(
         kernel=kernel,
         initrd=initrd,

@@ -127,5 +127,11 @@ def serve(args: ShimArgs, listen_fd: int, config_path: str) -> int:
     listener = socket.socket(fileno=listen_fd)
     listener.setblocking(False)
     daemon = Daemon(args, listener, lambda: VmBackend(config_path))
-    asyncio.run(daemon.run())
-    return 0
+    loop = asyncio.new_event_loop()
+    try:
+        loop.run_until_complete(daemon.run())
+    finally:
+        # Everything we own is cleaned up by now. Do not let a worker thread stuck in a
+        # blocking call (asyncio.run would join it) keep a finished shim alive.
+        logging.shutdown()
+        os._exit(0)

@@ -4,6 +4,7 @@ Client: PyPI container-runtime-interface-api 2.0.1 (generated cri_api.v1), insta
 """
 from __future__ import annotations
 
+import subprocess
 import sys
 import time
 import uuid
@@ -89,12 +90,18 @@ def test_cri_pod_flow_with_runc_for_comparison(runtime):
     _check(_run_pod_flow(runtime, "runc"))
 
 
-def test_cri_pod_flow_with_graft(runtime):
+def _shims_of(address: str) -> list[str]:
+    out = subprocess.run(["pgrep", "-af", "shim.cli.shim_main"], capture_output=True, text=True)
+    return [line for line in out.stdout.splitlines() if f"-address {address} " in line]
+
+
+def test_cri_pod_flow_with_graft(runtime, containerd):
     skip_or_fail(vm_missing())
     before = shim_sockets()
     facts = _run_pod_flow(runtime, "graft")
     _check(facts)
     deadline = time.monotonic() + 15
-    while shim_sockets() - before and time.monotonic() < deadline:
+    while (shim_sockets() - before or _shims_of(containerd.address)) and time.monotonic() < deadline:
         time.sleep(0.2)
-    assert not shim_sockets() - before, "the pod's shim did not go away"
+    assert not shim_sockets() - before, "the pod's shim socket is left"
+    assert not _shims_of(containerd.address), "the pod's shim process is left"

@@ -25,18 +25,21 @@ def vm_ready():
     skip_or_fail(vm_missing())
 
 
-def _shim_processes() -> list[str]:
+def _shim_processes(containerd_address: str) -> list[str]:
     out = subprocess.run(["pgrep", "-af", "shim.cli.shim_main"], capture_output=True, text=True)
-    return [line for line in out.stdout.splitlines() if "pgrep" not in line]
+    return [line for line in out.stdout.splitlines()
+            if f"-address {containerd_address} " in line and "pgrep" not in line]
 
 
-def _no_leftovers(before: set[str], deadline_s: float = 15) -> None:
+def _no_leftovers(containerd, before: set[str], deadline_s: float = 15) -> None:
+    """No new shim socket and no shim daemon of this containerd is left."""
     deadline = time.monotonic() + deadline_s
     while time.monotonic() < deadline:
-        if shim_sockets() <= before:
+        if shim_sockets() <= before and not _shim_processes(containerd.address):
             return
         time.sleep(0.2)
-    raise AssertionError(f"shim sockets left: {shim_sockets() - before}")
+    raise AssertionError(f"left behind: sockets {shim_sockets() - before}, "
+                         f"shims {_shim_processes(containerd.address)}")
 
 
 def test_runc_handler_works_for_comparison(containerd):
@@ -53,7 +56,7 @@ def test_runtime_options_reach_the_shim_and_failure_leaves_nothing(containerd, t
                           str(config), IMAGE, "bad-guest", "true", check=False)
     assert done.returncode != 0
     assert f"{tmp_path}/no-guest-here" in done.stderr.decode()
-    _no_leftovers(before)
+    _no_leftovers(containerd, before)
     assert "bad-guest" not in containerd.ctr("containers", "ls", "-q").stdout.decode()
 
 
@@ -61,20 +64,23 @@ def test_echo_hello(containerd, vm_ready):
     before = shim_sockets()
     done = containerd.ctr("run", "--rm", "--runtime", RUNTIME, IMAGE, "hello", "echo", "hello")
     assert done.stdout == b"hello\n"
-    _no_leftovers(before)
+    _no_leftovers(containerd, before)
 
 
 def test_exit_code_and_stderr(containerd, vm_ready):
+    before = shim_sockets()
     done = containerd.ctr("run", "--rm", "--runtime", RUNTIME, IMAGE, "exit7", "sh", "-c",
                           "echo oops >&2; exit 7", check=False)
     assert done.returncode == 7
     assert b"oops" in done.stderr
+    _no_leftovers(containerd, before)
 
 
 def test_stdin_is_forwarded(containerd, vm_ready):
     done = containerd.ctr("run", "--rm", "--runtime", RUNTIME, IMAGE, "cat", "cat",
                           input=b"through the vm\n")
     assert done.stdout == b"through the vm\n"
+    _no_leftovers(containerd, shim_sockets())
 
 
 def test_detached_exec_kill_and_delete(containerd, vm_ready):
@@ -85,6 +91,10 @@ def test_detached_exec_kill_and_delete(containerd, vm_ready):
         done = containerd.ctr("task", "exec", "--exec-id", "e1", "long", "sh", "-c",
                               "echo from-exec; exit 3", check=False)
         assert done.stdout == b"from-exec\n" and done.returncode == 3
+        containerd.ctr("task", "pause", "long")
+        assert b"PAUSED" in containerd.ctr("task", "ls").stdout
+        containerd.ctr("task", "resume", "long")
+        assert b"RUNNING" in containerd.ctr("task", "ls").stdout
         pids = containerd.ctr("task", "ps", "long").stdout.decode()
         assert len(pids.strip().splitlines()) >= 2  # header + at least the init process
         containerd.ctr("task", "kill", "-s", "SIGKILL", "long")
@@ -97,7 +107,7 @@ def test_detached_exec_kill_and_delete(containerd, vm_ready):
     finally:
         containerd.ctr("task", "rm", "-f", "long", check=False)
         containerd.ctr("container", "rm", "long", check=False)
-    _no_leftovers(before)
+    _no_leftovers(containerd, before)
 
 
 def test_tty(containerd, vm_ready):
@@ -125,3 +135,4 @@ def test_tty(containerd, vm_ready):
         os.close(master)
     assert proc.returncode == 0, output
     assert b"TTY-OK" in output and b"/dev/pts/" in output
+    _no_leftovers(containerd, set(shim_sockets()))

@@ -222,7 +222,7 @@ def test_init_script_modes() -> None:
     bind = init_script("bind", ["/lib/modules/x/virtio_ring.ko"])
     assert bind.startswith("#!/bin/sh\n")
     assert "insmod /lib/modules/x/virtio_ring.ko" in bind
-    assert bind.index("insmod") < bind.index("exec chroot . /usr/bin/python3 -S -m graft_agent")
+    assert bind.index("insmod") < bind.index("exec chroot . /usr/bin/python3 -S -P -m graft_agent")
     assert "PYTHONPATH=/usr/lib/graft" in bind and "PYTHONDONTWRITEBYTECODE=1" in bind
     assert "GRAFT_ROOT_PIVOTABLE=0" in init_script("none")
     assert "switch_root /newroot" in init_script("copy")
@@ -441,3 +441,12 @@ def test_agent_without_main_is_a_clear_error(tmp_path: Path, monkeypatch: pytest
     (agent_tree.agent / "__main__.py").unlink()
     with pytest.raises(GuestImageError, match="__main__.py is missing"):
         stage_agent(Rootfs(tmp_path / "root"), agent_tree)
+
+
+def test_external_imports_are_collected_also_from_functions(agent_tree: AgentSources) -> None:
+    from shim.guest_image.agent import external_imports
+
+    (agent_tree.agent / "mod.py").write_text(
+        "from __future__ import annotations\nimport os.path\nfrom . import api\nfrom graft_agent import x\n"
+        "from shim.ttrpc import Client\n\ndef f():\n    import json\n    from google.protobuf import message\n")
+    assert external_imports(agent_tree) == ["google.protobuf", "json", "os.path"]
