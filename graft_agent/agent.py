@@ -93,6 +93,11 @@ async def serve(config: Config, no_pivot: bool) -> None:
             log.info("serving on unix:%s", config.listen_path)
             agent.start_warmup()
             await stop.wait()
+        elif config.listen_vsock_port is not None:
+            await server.serve_listener(_vsock_listener(config.listen_vsock_port))
+            log.info("serving on vsock port %d", config.listen_vsock_port)
+            agent.start_warmup()
+            await asyncio.Event().wait()  # until cancelled: PID 1 never returns
         else:
             from .channel import serve_port, wait_for_port
 
@@ -107,6 +112,16 @@ async def serve(config: Config, no_pivot: bool) -> None:
         if config.listen_path is not None:
             _remove_stale_socket(config.listen_path)
         reaper.stop()
+
+
+def _vsock_listener(port: int):
+    import socket
+
+    sock = socket.socket(socket.AF_VSOCK, socket.SOCK_STREAM)
+    sock.bind((socket.VMADDR_CID_ANY, port))
+    sock.listen(16)
+    sock.setblocking(False)
+    return sock
 
 
 def _remove_stale_socket(path: str) -> None:

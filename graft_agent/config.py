@@ -13,6 +13,7 @@ command line. With --listen it serves a unix socket instead (tests, development)
 
 options:
   --listen unix:PATH     serve on a unix socket instead of the virtio-serial port
+  --listen vsock:PORT    serve on AF_VSOCK (also: graft.agent_vsock_port= on the kernel cmdline)
   --no-init              skip PID 1 duties even if running as PID 1
   --isolate              (development hosts) run in private mount+UTS namespaces with cgroup2
                          mounted at /sys/fs/cgroup there; never touches the host's files
@@ -34,7 +35,7 @@ _VALUE_OPTIONS = {
 }
 _FLAG_OPTIONS = {"--no-init": ("init", False), "--isolate": ("isolate", True),
                  "--isolate-net": ("isolate_net", True)}
-_CMDLINE_KEYS = {"graft.agent_port": "port_name", "graft.runtime": "default_runtime",
+_CMDLINE_KEYS = {"graft.agent_port": "port_name", "graft.agent_vsock_port": "vsock_port", "graft.runtime": "default_runtime",
                  "graft.log": "log_level"}
 
 
@@ -60,11 +61,20 @@ class Config:
     resolv_conf: str = ""        # "" = /etc/resolv.conf, or <run_dir>/resolv.conf when isolated
     log_level: str = "info"
 
+    vsock_port: str = ""         # serve AF_VSOCK on this port instead of virtio-serial
+
     @property
     def listen_path(self) -> str | None:
-        if self.listen is None:
+        if self.listen is None or not self.listen.startswith("unix:"):
             return None
         return self.listen[len("unix:"):]
+
+    @property
+    def listen_vsock_port(self) -> int | None:
+        """The vsock port to serve on (hosts with vsock: CLH's hybrid vsock, KVM)."""
+        if self.listen is not None and self.listen.startswith("vsock:"):
+            return int(self.listen[len("vsock:"):])
+        return int(self.vsock_port) if self.vsock_port and self.listen is None else None
 
     @property
     def resolv_conf_path(self) -> str:
@@ -96,8 +106,14 @@ def parse(argv: list[str], cmdline: str = "") -> Config:
             setattr(config, field, flag)
         else:
             raise UsageError(f"unknown argument {arg!r}")
-    if config.listen is not None and not config.listen.startswith("unix:"):
-        raise UsageError("--listen takes unix:PATH")
+    if config.listen is not None and not config.listen.startswith(("unix:", "vsock:")):
+        raise UsageError("--listen takes unix:PATH or vsock:PORT")
+    try:
+        port = config.listen_vsock_port
+    except ValueError:
+        raise UsageError("vsock port must be a number") from None
+    if port is not None and not 0 < port < 2**32:
+        raise UsageError(f"vsock port {port} out of range")
     if config.default_runtime not in ("crun", "runc"):
         raise UsageError(f"unsupported runtime {config.default_runtime!r}")
     if config.log_level not in ("debug", "info", "warning", "error"):

@@ -67,6 +67,12 @@ class Server:
         self._listeners.append(listener)
         return listener
 
+    async def serve_listener(self, sock: socket.socket) -> asyncio.base_events.Server:
+        """Serve on any bound, listening stream socket (e.g. AF_VSOCK)."""
+        listener = await asyncio.start_server(self._accept, sock=sock)
+        self._listeners.append(listener)
+        return listener
+
     async def close(self) -> None:
         """Stop listening and end every connection this server accepted."""
         for listener in self._listeners:
