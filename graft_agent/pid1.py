@@ -48,7 +48,13 @@ def mount_type(point: str) -> str:
 
 
 def root_is_initramfs() -> bool:
-    """pivot_root cannot leave the initial rootfs; OCI runtimes then need --no-pivot."""
+    """pivot_root cannot leave the initial rootfs; OCI runtimes then need --no-pivot.
+
+    The guest image's /init bind-mounts the initramfs over itself (type still
+    "rootfs", but now a mount with a parent, which pivot_root accepts) and says
+    so with GRAFT_ROOT_PIVOTABLE=1."""
+    if os.environ.get("GRAFT_ROOT_PIVOTABLE") == "1":
+        return False
     return mount_type("/") == "rootfs"
 
 

@@ -25,7 +25,7 @@ if ((${#missing[@]})); then
     apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi
 # `graft guest build` downloads .debs with apt-get: make sure lists exist.
-if ! ls /var/lib/apt/lists/*_Packages >/dev/null 2>&1; then
+if ! compgen -G '/var/lib/apt/lists/*_Packages*' >/dev/null; then
     apt-get update -qq
 fi
 

@@ -229,6 +229,13 @@ def start(d: Layout, timeout: float = 30.0) -> None:
     (d.cni_conf / "10-graft-test.conflist").write_text(_cni_config(d))
     if not d.ip_forward.exists():
         d.ip_forward.write_text(Path("/proc/sys/net/ipv4/ip_forward").read_text())
+    launch(d, timeout)
+    _import_images(d)
+
+
+def launch(d: Layout, timeout: float = 30.0) -> int:
+    """Run containerd on the existing configuration and wait until it answers (also used to
+    restart it with the same directories: running shims are then reconnected)."""
     env = dict(os.environ, PATH=f"{d.bin}:{os.environ.get('PATH', PATH_DIRS)}")
     with open(d.log, "ab") as log:
         proc = subprocess.Popen(["containerd", "--config", str(d.config)], stdin=subprocess.DEVNULL,
@@ -240,27 +247,30 @@ def start(d: Layout, timeout: float = 30.0) -> None:
             raise RuntimeError(f"containerd exited ({proc.returncode}); see {d.log}")
         try:
             _ctr(d, "version")
-            break
+            return proc.pid
         except RuntimeError:
             if time.monotonic() > deadline:
                 raise RuntimeError(f"containerd not ready after {timeout}s; see {d.log}")
             time.sleep(0.2)
-    _import_images(d)
 
 
-def stop(d: Layout) -> None:
+def terminate(d: Layout, grace: float = 10.0) -> None:
+    """Stop the containerd process only (SIGTERM, SIGKILL after *grace*): shims, mounts,
+    network and state stay, as after a containerd crash or upgrade."""
     pid = _running_pid(d)
     if pid:
         os.kill(pid, signal.SIGTERM)
-        for _ in range(100):
-            if _gone(pid):
-                break
+        deadline = time.monotonic() + grace
+        while not _gone(pid):
+            if time.monotonic() > deadline:
+                os.kill(pid, signal.SIGKILL)
+                deadline = float("inf")
             time.sleep(0.1)
-        else:
-            os.kill(pid, signal.SIGKILL)
-            while not _gone(pid):
-                time.sleep(0.1)
     d.pid.unlink(missing_ok=True)
+
+
+def stop(d: Layout) -> None:
+    terminate(d)
     subprocess.run(["ip", "link", "del", BRIDGE], capture_output=True)
     if d.ip_forward.exists():
         Path("/proc/sys/net/ipv4/ip_forward").write_text(d.ip_forward.read_text())

@@ -3,7 +3,7 @@
     graft guest build [--output DIR] [--force]
     graft debug run [-t] [-e K=V]... [-w DIR] ROOTFS -- CMD [ARGS...]
     graft factory init|status|destroy
-    graft check | status | config
+    graft check | status [--json] | metrics | config
 Exit status 125 means graft itself failed (as with docker/runsc); anything
 else from `debug run` is the container command's own status.
 """
@@ -49,7 +49,9 @@ def _parser() -> argparse.ArgumentParser:
     factory.add_parser("destroy", help="remove the template")
 
     sub.add_parser("check", help="report host readiness")
-    sub.add_parser("status", help="list sandboxes and how each VM was booted")
+    status = sub.add_parser("status", help="list sandboxes and how each VM was booted")
+    status.add_argument("--json", action="store_true", help="machine-readable output")
+    sub.add_parser("metrics", help="boot path of every sandbox, Prometheus text format")
     sub.add_parser("config", help="print the default configuration, every key documented")
     return p
 
@@ -81,7 +83,10 @@ def _dispatch(args: argparse.Namespace) -> int:
         return run_check(config)
     if args.command == "status":
         from shim.cli.status import run_status
-        return run_status(config)
+        return run_status(config, as_json=args.json)
+    if args.command == "metrics":
+        from shim.cli.status import run_metrics
+        return run_metrics(config)
     raise AssertionError(args.command)
 
 

@@ -17,7 +17,10 @@ from shim.agent.client import AgentClient, connect_agent
 from shim.config import GraftConfig
 from shim.hypervisor.base import (FileBackedMemoryConfig, Hypervisor, HypervisorConfig,
                                   HypervisorError, VmPaths)
+from shim.sandbox.resources import PodResources
 from shim.sandbox.vm_config import hypervisor_config
+
+from .sizing import VmSize, fit_to_request
 
 log = logging.getLogger(__name__)
 
@@ -43,6 +46,7 @@ class BootedVm:
     agent: AgentClient
     boot_path: BootPath
     seconds: float  # launch → agent answering
+    size: VmSize | None = None  # set by boot_vm once sized to the pod's request
 
 
 def make_hypervisor(config: GraftConfig, vm_id: str, hv_config: HypervisorConfig,
@@ -127,9 +131,24 @@ async def refresh_clone_identity(agent: AgentClient) -> None:
 
 
 async def boot_vm(config: GraftConfig, vm_id: str, paths: VmPaths,
-                  netns: Path | None = None) -> BootedVm:
-    """Restore from a valid template when enabled, else cold boot. A
-    template problem is never fatal: it is logged and we cold boot."""
+                  netns: Path | None = None,
+                  resources: PodResources | None = None) -> BootedVm:
+    """Restore from a valid template when enabled, else cold boot, then
+    hot-add what the pod asks for beyond the template's size. A template
+    problem is never fatal: it is logged and we cold boot."""
+    booted = await _restore_or_cold_boot(config, vm_id, paths, netns)
+    try:
+        booted.size = await fit_to_request(booted.hypervisor, booted.agent,
+                                           resources or PodResources())
+    except BaseException:
+        await booted.agent.close()
+        await booted.hypervisor.stop_vm()
+        raise
+    return booted
+
+
+async def _restore_or_cold_boot(config: GraftConfig, vm_id: str, paths: VmPaths,
+                                netns: Path | None) -> BootedVm:
     if not config.enable_template:
         return await cold_boot(config, vm_id, paths, netns, "templates disabled")
     from shim.factory.template import TemplateUnusable, find_usable_template

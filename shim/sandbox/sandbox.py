@@ -1,7 +1,7 @@
 """One pod sandbox: a VM, its agent, and the host resources it owns.
 
-Phases: launch (prepare dirs → factory boots or restores the VM → agent
-CreateSandbox), per container (rootfs bind-mounted into the 9p share), stop
+Phases: launch (prepare dirs → factory boots or restores the VM and sizes it
+to the pod → agent CreateSandbox), per container (rootfs bind-mounted into the 9p share), stop
 (agent DestroySandbox → VM stop → unmount → remove dirs). Everything a sandbox
 creates on the host lives under ``<state_dir>/sandboxes/<id>/`` so that
 :func:`cleanup_sandbox_leftovers` can remove it even when the owning process
@@ -23,10 +23,13 @@ import psutil
 from shim.agent.client import AgentClient
 from shim.config import GraftConfig
 from shim.factory.boot import BootPath, boot_vm
+from shim.factory.sizing import VmSize
 from shim.hypervisor.base import Hypervisor, NetworkDevice, VmPaths
 from shim.network import (NoPodInterface, PodEndpoint, agent_interface, agent_routes,
                           attach_endpoint, detach_endpoint)
+from shim.sandbox import boot_metrics
 from shim.sandbox.mounts import bind_mount, unmount, unmount_all_under
+from shim.sandbox.resources import PodResources
 
 log = logging.getLogger(__name__)
 
@@ -34,6 +37,7 @@ GUEST_SHARE_MOUNT = "/run/graft/shared"
 _VALID_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
 _VMM_PID_FILE = "vmm.pid"
 _BOOT_PATH_FILE = "boot_path.json"
+_METRICS_FILE = "metrics.prom"
 _NETWORK_FILE = "network.json"
 
 
@@ -49,20 +53,23 @@ def sandbox_dir(config: GraftConfig, sandbox_id: str) -> Path:
 
 class Sandbox:
     def __init__(self, sandbox_id: str, config: GraftConfig, paths: VmPaths,
-                 vm: Hypervisor, agent: AgentClient, boot_path: BootPath) -> None:
+                 vm: Hypervisor, agent: AgentClient, boot_path: BootPath,
+                 size: VmSize | None = None) -> None:
         self.id = sandbox_id
         self.config = config
         self.paths = paths
         self.vm = vm
         self.agent = agent
         self.boot_path = boot_path
+        self.size = size or VmSize(vcpus=vm.config.vcpus, memory_mib=vm.config.memory_mib)
         self._stopped = False
         self._rootfs: dict[str, Path] = {}
         self.endpoint: PodEndpoint | None = None
 
     @classmethod
     async def launch(cls, sandbox_id: str, config: GraftConfig, netns: Path | None = None,
-                     hostname: str = "", dns: list[str] | None = None) -> "Sandbox":
+                     hostname: str = "", dns: list[str] | None = None,
+                     resources: PodResources | None = None) -> "Sandbox":
         run_dir = sandbox_dir(config, sandbox_id)
         if run_dir.exists():
             raise FileExistsError(f"sandbox {sandbox_id} already exists at {run_dir}")
@@ -72,14 +79,14 @@ class Sandbox:
         try:
             if netns is not None:
                 endpoint = await _attach_network(netns)
-            booted = await boot_vm(config, sandbox_id, paths, netns)
+            booted = await boot_vm(config, sandbox_id, paths, netns, resources)
         except BaseException:
             if endpoint is not None:
                 await asyncio.to_thread(detach_endpoint, endpoint.netns, endpoint.tap_name)
             _remove_run_dir(run_dir)
             raise
         sandbox = cls(sandbox_id, config, paths, booted.hypervisor, booted.agent,
-                      booted.boot_path)
+                      booted.boot_path, booted.size)
         sandbox.endpoint = endpoint
         try:
             sandbox._record_state(booted.seconds)
@@ -109,9 +116,13 @@ class Sandbox:
         if self.endpoint is not None:
             (self.paths.run_dir / _NETWORK_FILE).write_text(json.dumps({
                 "netns": str(self.endpoint.netns), "tap": self.endpoint.tap_name}))
-        (self.paths.run_dir / _BOOT_PATH_FILE).write_text(json.dumps({
+        record = {
             "restored": self.boot_path.restored, "reason": self.boot_path.reason,
-            "boot_seconds": round(boot_seconds, 3), "created_at": time.time()}))
+            "boot_seconds": round(boot_seconds, 3), "created_at": time.time(),
+            "vcpus": self.size.vcpus, "memory_mib": self.size.memory_mib,
+            "shortfalls": list(self.size.shortfalls)}
+        (self.paths.run_dir / _BOOT_PATH_FILE).write_text(json.dumps(record))
+        boot_metrics.write(self.paths.run_dir / _METRICS_FILE, self.id, record)
 
     @property
     def vmm_pid(self) -> int | None:

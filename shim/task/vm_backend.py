@@ -91,12 +91,13 @@ class VmBackend:
 
     async def _launch(self, config: ContainerConfig) -> None:
         from shim.config import load_config
+        from shim.sandbox.resources import requested_resources
         from shim.sandbox.sandbox import Sandbox
 
         graft_config = load_config(self._config_path or None)
         self._sandbox = await Sandbox.launch(
             config.sandbox_id, graft_config, netns=network_namespace(config.spec),
-            hostname=hostname(config.spec))
+            hostname=hostname(config.spec), resources=requested_resources(config.spec))
         self._sandbox_id = config.sandbox_id
         loop = asyncio.get_running_loop()
         self._vm_exit = loop.create_future()

@@ -22,6 +22,7 @@ from shim.factory.build import destroy_template, init_template
 from shim.factory.cli import run_factory
 from shim.factory.template import find_usable_template
 from shim.oci import default_spec
+from shim.sandbox.resources import PodResources
 from shim.sandbox.sandbox import Sandbox, read_boot_path
 
 pytestmark = pytest.mark.vm
@@ -166,6 +167,25 @@ async def test_clone_clock_is_the_hosts_not_the_templates(
         assert status == 0
         guest = int(out.decode().strip())
         assert before - 2 <= guest <= after + 2, (before, guest, after)
+    finally:
+        await box.stop()
+
+
+async def test_clone_gets_the_vcpus_its_pod_asks_for(config: GraftConfig, template) -> None:
+    """The template has 1 vCPU; a pod asking for 2 gets one hot-added and
+    onlined before anything runs, and the boot record/metrics say so."""
+    tpl, _ = template
+    assert tpl.metadata.identity["vcpus"] == 1
+    box = await Sandbox.launch("tpl-cpu", config, resources=PodResources(vcpus=2))
+    try:
+        assert box.boot_path.restored
+        details = await box.agent.get_guest_details()
+        assert details.online_cpus == 2
+        assert (box.size.vcpus, box.size.shortfalls) == (2, ())
+        assert read_boot_path(config, "tpl-cpu")["vcpus"] == 2
+        metrics = (box.paths.run_dir / "metrics.prom").read_text()
+        assert 'graft_sandbox_vcpus{sandbox="tpl-cpu"} 2' in metrics
+        assert 'graft_sandbox_boot_info{sandbox="tpl-cpu",path="restored"' in metrics
     finally:
         await box.stop()
 

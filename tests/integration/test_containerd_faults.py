@@ -1,0 +1,404 @@
+"""Faults under a real private containerd 1.6 with the graft runtime (real QEMU VMs):
+
+  * QEMU killed under a running `ctr run` task: Wait returns, an exit event is published, the
+    task and container delete cleanly;
+  * the shim daemon killed: containerd's cleanup (our `delete` binary) removes the VM, mounts,
+    tap and socket — checked before CRI's own StopPodSandbox gets a chance to;
+  * containerd restarted with the same directories: the shim is reached again through the
+    bundle's `address` file; the task can be exec'd, killed (exit event) and deleted.
+
+Every test ends with a leak check: VMM and shim processes, mounts under the graft state dir and
+the bundles, the shim socket in /run/containerd/s, the pod's tap.
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT / "hack" / "containerd"))
+
+import private_containerd  # noqa: E402
+from testing import containerd, skip_or_fail, vm_missing  # noqa: E402,F401
+
+from shim.config import load_config  # noqa: E402
+from shim.network import DEFAULT_TAP_NAME  # noqa: E402
+from shim.shim_manager.socket_address import socket_path  # noqa: E402
+
+pytestmark = pytest.mark.containerd
+
+RUNTIME = "io.containerd.graft.v2"
+IMAGE = "graft.local/busybox:latest"
+TASK_DIR = "io.containerd.runtime.v2.task"
+
+
+@pytest.fixture(scope="module")
+def vm_ready():
+    skip_or_fail(vm_missing())
+
+
+# -- observing the host ---------------------------------------------------------------------
+
+def _cmdlines() -> dict[int, list[str]]:
+    out: dict[int, list[str]] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                raw = (entry / "cmdline").read_bytes()
+            except OSError:
+                continue
+            if raw:
+                out[int(entry.name)] = raw.decode(errors="replace").rstrip("\0").split("\0")
+    return out
+
+
+def vmm_pids(state_dir: Path, sandbox_id: str) -> list[int]:
+    """VMM processes of one sandbox (their command line names its run dir)."""
+    marker = f"{state_dir}/sandboxes/{sandbox_id}/"
+    return [pid for pid, argv in _cmdlines().items()
+            if argv[0].rsplit("/", 1)[-1].startswith(("qemu-system", "cloud-hypervisor"))
+            and any(marker in arg for arg in argv)]
+
+
+def shim_pids(address: str, container_id: str | None = None) -> list[int]:
+    """Shim daemons (and start/delete runs) of this containerd, optionally for one id."""
+    found = []
+    for pid, argv in _cmdlines().items():
+        if "shim.cli.shim_main" not in argv or address not in argv:
+            continue
+        if container_id is None or container_id in argv:
+            found.append(pid)
+    return found
+
+
+def mount_points() -> list[str]:
+    points = []
+    with open("/proc/self/mountinfo") as f:
+        for line in f:
+            points.append(re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)),
+                                 line.split()[4]))
+    return points
+
+
+def _under(path: str, prefix: Path) -> bool:
+    return path == str(prefix) or path.startswith(f"{prefix}/")
+
+
+def netns_links(netns: Path) -> list[str]:
+    done = subprocess.run(["nsenter", f"--net={netns}", "ip", "-o", "link"], capture_output=True,
+                          text=True, timeout=10)
+    if done.returncode != 0:
+        return []  # the netns is gone: nothing can be left in it
+    return [line.split(":")[1].strip().split("@")[0] for line in done.stdout.splitlines()]
+
+
+def netns_redirects(netns: Path, device: str) -> str:
+    done = subprocess.run(["nsenter", f"--net={netns}", "tc", "filter", "show", "dev", device,
+                           "ingress"], capture_output=True, text=True, timeout=10)
+    return done.stdout if done.returncode == 0 else ""
+
+
+class Pod:
+    """What one graft pod (VM) may leave on the host."""
+
+    def __init__(self, containerd, sandbox_id: str, namespace: str, container_ids: list[str],
+                 netns: Path | None = None) -> None:
+        self.containerd = containerd
+        self.sandbox_id = sandbox_id
+        self.namespace = namespace
+        self.container_ids = container_ids
+        self.netns = netns
+        self.state_dir = load_config(containerd.layout.graft_config).state_dir
+
+    @property
+    def run_dir(self) -> Path:
+        return self.state_dir / "sandboxes" / self.sandbox_id
+
+    @property
+    def bundles(self) -> list[Path]:
+        base = self.containerd.layout.base / "state" / TASK_DIR / self.namespace
+        return [base / cid for cid in self.container_ids]
+
+    @property
+    def socket(self) -> Path:
+        return socket_path(self.containerd.address, self.namespace, self.sandbox_id)
+
+    def leaks(self) -> list[str]:
+        found = [f"VMM pid {pid}" for pid in vmm_pids(self.state_dir, self.sandbox_id)]
+        found += [f"shim pid {pid}" for cid in {self.sandbox_id, *self.container_ids}
+                  for pid in shim_pids(self.containerd.address, cid)]
+        for point in mount_points():
+            if any(_under(point, p) for p in (self.run_dir, *self.bundles)):
+                found.append(f"mount {point}")
+        if self.run_dir.exists():
+            found.append(f"state dir {self.run_dir}")
+        if self.socket.exists():
+            found.append(f"socket {self.socket}")
+        if self.netns is not None:
+            if DEFAULT_TAP_NAME in netns_links(self.netns):
+                found.append(f"tap {DEFAULT_TAP_NAME} in {self.netns}")
+            if "mirred" in netns_redirects(self.netns, "eth0"):
+                found.append(f"tc redirect on eth0 in {self.netns}")
+        return found
+
+    def assert_no_leaks(self, deadline_s: float = 20) -> None:
+        deadline = time.monotonic() + deadline_s
+        while (found := self.leaks()) and time.monotonic() < deadline:
+            time.sleep(0.3)
+        assert not found, f"left behind by pod {self.sandbox_id}: {found}"
+
+
+# -- containerd events ------------------------------------------------------------------------
+
+_EVENT_LINE = re.compile(r"^.+? UTC (?P<ns>\S+) (?P<topic>/\S+) (?P<body>\{.*\})$")
+
+
+class EventLog:
+    """`ctr events` running in the background, its lines parsed on demand."""
+
+    def __init__(self, containerd, path: Path) -> None:
+        self._containerd = containerd
+        self._path = path
+        self._proc: subprocess.Popen | None = None
+
+    def __enter__(self) -> "EventLog":
+        with open(self._path, "wb") as out:
+            self._proc = subprocess.Popen(["ctr", "--address", self._containerd.address, "events"],
+                                          stdout=out, stderr=subprocess.STDOUT)
+        time.sleep(0.5)  # subscribed before anything we look for happens
+        return self
+
+    def __exit__(self, *exc) -> None:
+        assert self._proc is not None
+        self._proc.terminate()
+        try:
+            self._proc.wait(10)
+        except subprocess.TimeoutExpired:
+            self._proc.kill()
+            self._proc.wait()
+
+    def events(self) -> list[tuple[str, dict]]:
+        out = []
+        for line in self._path.read_text(errors="replace").splitlines():
+            if m := _EVENT_LINE.match(line):
+                out.append((m.group("topic"), json.loads(m.group("body"))))
+        return out
+
+    def wait_for(self, topic: str, container_id: str, timeout: float = 30) -> dict:
+        deadline = time.monotonic() + timeout
+        while True:
+            for seen, body in self.events():
+                if seen == topic and body.get("container_id") == container_id:
+                    return body
+            assert time.monotonic() < deadline, (
+                f"no {topic} for {container_id}; saw {[t for t, _ in self.events()]}")
+            time.sleep(0.2)
+
+
+# -- helpers -------------------------------------------------------------------------------
+
+def _wait_until(predicate, timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.3)
+
+
+def _task_status(containerd, container_id: str) -> str | None:
+    for line in containerd.ctr("task", "ls").stdout.decode().splitlines()[1:]:
+        fields = line.split()
+        if fields and fields[0] == container_id:
+            return fields[-1]
+    return None
+
+
+def _restart_containerd(containerd) -> None:
+    private_containerd.terminate(containerd.layout)
+    private_containerd.launch(containerd.layout)
+
+
+# -- (a) QEMU dies under a running task -------------------------------------------------------
+
+def test_vmm_killed_under_running_task(containerd, vm_ready, tmp_path):
+    cid = "fault-vmm"
+    pod = Pod(containerd, cid, "default", [cid])
+    with EventLog(containerd, tmp_path / "events") as events:
+        run = subprocess.Popen(["ctr", "--address", containerd.address, "run", "--runtime",
+                                RUNTIME, IMAGE, cid, "sleep", "1000"],
+                               stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE)
+        try:
+            _wait_until(lambda: _task_status(containerd, cid) == "RUNNING" or run.poll() is not None,
+                        180, "the task to run")
+            assert run.poll() is None, run.communicate()
+            vmms = vmm_pids(pod.state_dir, cid)
+            assert len(vmms) == 1, vmms
+            os.kill(vmms[0], signal.SIGKILL)
+            _, stderr = run.communicate(timeout=60)  # Wait answered: ctr returns
+        finally:
+            if run.poll() is None:
+                run.kill()
+                run.wait()
+        assert run.returncode not in (0, None), stderr
+        exit_event = events.wait_for("/tasks/exit", cid)
+        assert exit_event.get("exit_status") == run.returncode
+        events.wait_for("/tasks/delete", cid)  # `ctr run` deletes its task after Wait
+    try:
+        assert _task_status(containerd, cid) is None
+    finally:
+        containerd.ctr("task", "rm", "-f", cid, check=False)
+        containerd.ctr("container", "rm", cid, check=False)
+    assert cid not in containerd.ctr("container", "ls", "-q").stdout.decode().split()
+    pod.assert_no_leaks()
+
+
+# -- (b) the shim daemon dies ----------------------------------------------------------------
+
+cri = None  # imported lazily: the CRI client is optional for the other tests
+
+
+def _cri_stub(containerd):
+    global cri
+    grpc = pytest.importorskip("grpc")
+    cri = pytest.importorskip("cri_api.v1.api_pb2",
+                              reason="pip install --no-deps container-runtime-interface-api==2.0.1")
+    from cri_api.v1 import api_pb2_grpc
+
+    channel = grpc.insecure_channel(f"unix://{containerd.address}")
+    return channel, api_pb2_grpc.RuntimeServiceStub(channel)
+
+
+def _run_cri_pod(rt, containerd, name: str) -> tuple[str, str, "cri.PodSandboxConfig"]:
+    uid = f"{name}-{os.getpid()}"
+    pod_config = cri.PodSandboxConfig(
+        metadata=cri.PodSandboxMetadata(name=name, namespace="default", uid=uid),
+        hostname=name, log_directory=str(containerd.layout.base / "pod-logs" / uid),
+        linux=cri.LinuxPodSandboxConfig())
+    pod = rt.RunPodSandbox(cri.RunPodSandboxRequest(config=pod_config, runtime_handler="graft"),
+                           timeout=300).pod_sandbox_id
+    try:
+        cid = rt.CreateContainer(cri.CreateContainerRequest(
+            pod_sandbox_id=pod, sandbox_config=pod_config, config=cri.ContainerConfig(
+                metadata=cri.ContainerMetadata(name="app"), image=cri.ImageSpec(image=IMAGE),
+                command=["sleep", "1000"], log_path="app.log",
+                linux=cri.LinuxContainerConfig())), timeout=300).container_id
+        rt.StartContainer(cri.StartContainerRequest(container_id=cid), timeout=300)
+    except BaseException:
+        _remove_cri_pod(rt, pod)
+        raise
+    return pod, cid, pod_config
+
+
+def _remove_cri_pod(rt, pod: str) -> None:
+    rt.StopPodSandbox(cri.StopPodSandboxRequest(pod_sandbox_id=pod), timeout=120)
+    rt.RemovePodSandbox(cri.RemovePodSandboxRequest(pod_sandbox_id=pod), timeout=120)
+
+
+def _wait_cri_ready(rt, timeout: float = 60) -> None:
+    """After a containerd start the CRI plugin restores its state before it serves."""
+    import grpc
+
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            rt.Status(cri.StatusRequest(), timeout=10)
+            return
+        except grpc.RpcError as exc:
+            assert time.monotonic() < deadline, f"CRI not ready: {exc.details()}"
+            time.sleep(0.3)
+
+
+def _pod_netns(containerd, pod: str) -> Path:
+    bundle = containerd.layout.base / "state" / TASK_DIR / "k8s.io" / pod
+    spec = json.loads((bundle / "config.json").read_text())
+    return next(Path(ns["path"]) for ns in spec["linux"]["namespaces"] if ns["type"] == "network")
+
+
+def test_shim_killed_containerd_cleanup_leaves_nothing(containerd, vm_ready):
+    channel, rt = _cri_stub(containerd)
+    try:
+        pod, cid, _ = _run_cri_pod(rt, containerd, "fault-shim")
+        try:
+            netns = _pod_netns(containerd, pod)
+            leftovers = Pod(containerd, pod, "k8s.io", [pod, cid], netns)
+            assert vmm_pids(leftovers.state_dir, pod), "the pod VM is not running"
+            assert DEFAULT_TAP_NAME in netns_links(netns), "the pod has no tap: nothing to test"
+            shims = shim_pids(containerd.address, pod)
+            assert len(shims) == 1, shims
+            os.kill(shims[0], signal.SIGKILL)
+            # containerd notices the dead connection and runs `delete` for both tasks; CRI
+            # learns of the exits and marks the pod/container as stopped.
+            leftovers.assert_no_leaks()
+            _wait_until(lambda: rt.ContainerStatus(cri.ContainerStatusRequest(
+                container_id=cid)).status.state == cri.CONTAINER_EXITED, 30, "container exit")
+            _wait_until(lambda: rt.PodSandboxStatus(cri.PodSandboxStatusRequest(
+                pod_sandbox_id=pod)).status.state == cri.SANDBOX_NOTREADY, 30, "pod not ready")
+        finally:
+            _remove_cri_pod(rt, pod)
+        assert not rt.ListPodSandbox(cri.ListPodSandboxRequest(
+            filter=cri.PodSandboxFilter(id=pod))).items
+        leftovers.assert_no_leaks()
+        assert not netns.exists() or not netns_links(netns), "the pod netns is left"
+    finally:
+        channel.close()
+
+
+# -- (c) containerd restarts under running tasks -----------------------------------------------
+
+def test_containerd_restart_reconnects_to_the_shim(containerd, vm_ready, tmp_path):
+    cid = "fault-restart"
+    pod = Pod(containerd, cid, "default", [cid])
+    containerd.ctr("run", "-d", "--runtime", RUNTIME, IMAGE, cid, "sleep", "1000")
+    try:
+        shims = shim_pids(containerd.address, cid)
+        assert len(shims) == 1, shims
+        address = (pod.bundles[0] / "address").read_text()
+        assert address == f"unix://{pod.socket}"
+        _restart_containerd(containerd)
+        # The same shim serves the task: containerd reconnected through the address file.
+        assert _task_status(containerd, cid) == "RUNNING"
+        assert shim_pids(containerd.address, cid) == shims
+        done = containerd.ctr("task", "exec", "--exec-id", "after", cid, "sh", "-c",
+                              "echo after-restart; exit 5", check=False)
+        assert (done.stdout, done.returncode) == (b"after-restart\n", 5), done.stderr
+        with EventLog(containerd, tmp_path / "events") as events:
+            containerd.ctr("task", "kill", "-s", "SIGKILL", cid)
+            exit_event = events.wait_for("/tasks/exit", cid)  # the publisher found the new
+            assert exit_event["exit_status"] == 137           # containerd
+        _wait_until(lambda: _task_status(containerd, cid) == "STOPPED", 30, "STOPPED")
+        containerd.ctr("task", "rm", cid)
+    finally:
+        containerd.ctr("task", "rm", "-f", cid, check=False)
+        containerd.ctr("container", "rm", cid, check=False)
+    pod.assert_no_leaks()
+
+
+def test_containerd_restart_keeps_cri_pod_usable(containerd, vm_ready):
+    channel, rt = _cri_stub(containerd)
+    try:
+        pod, cid, _ = _run_cri_pod(rt, containerd, "fault-restart-cri")
+        netns = _pod_netns(containerd, pod)
+        leftovers = Pod(containerd, pod, "k8s.io", [pod, cid], netns)
+        try:
+            channel.close()
+            _restart_containerd(containerd)
+            channel, rt = _cri_stub(containerd)
+            _wait_cri_ready(rt)
+            status = rt.ContainerStatus(cri.ContainerStatusRequest(container_id=cid)).status
+            assert status.state == cri.CONTAINER_RUNNING
+            sync = rt.ExecSync(cri.ExecSyncRequest(container_id=cid, cmd=["echo", "still-here"],
+                                                   timeout=60), timeout=300)
+            assert (sync.stdout, sync.exit_code) == (b"still-here\n", 0)
+        finally:
+            _remove_cri_pod(rt, pod)
+        leftovers.assert_no_leaks()
+    finally:
+        channel.close()
