@@ -12,6 +12,7 @@ and graft.local/pause:latest (the CRI sandbox image), imported into `default` an
 """
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import io
 import json
@@ -26,8 +27,9 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
 BUSYBOX = Path("/bin/busybox")
-BRIDGE = "graftbr0"
-SUBNET = "10.222.0.0/24"
+# Each private containerd gets its own bridge and /24 out of this range, so that several of
+# them (parallel test runs) never share a bridge or hand out the same pod IP.
+SUBNET_PREFIX = "10.222"
 BUSYBOX_IMAGE = "graft.local/busybox:latest"
 PAUSE_IMAGE = "graft.local/pause:latest"
 NAMESPACES = ("default", "k8s.io")
@@ -47,6 +49,33 @@ class Layout:
         self.log = self.base / "containerd.log"
         self.pid = self.base / "containerd.pid"
         self.ip_forward = self.base / "ip_forward.orig"
+        self.network_file = self.base / "network.json"
+
+    @property
+    def network(self) -> "PodNetwork":
+        return PodNetwork(**json.loads(self.network_file.read_text()))
+
+
+@dataclasses.dataclass(frozen=True)
+class PodNetwork:
+    bridge: str
+    subnet: str   # CIDR
+    gateway: str  # the bridge's address (CNI isGateway)
+
+
+def _choose_network(d: Layout) -> PodNetwork:
+    """A bridge name and a /24 no other bridge route on this host uses yet."""
+    digest = hashlib.sha256(str(d.base).encode()).hexdigest()
+    routes = subprocess.run(["ip", "-4", "-o", "route"], capture_output=True, text=True).stdout
+    used = {line.split()[0] for line in routes.splitlines() if line}
+    first = int(digest[:4], 16)
+    for i in range(254):
+        third = (first + i) % 254 + 1
+        subnet = f"{SUBNET_PREFIX}.{third}.0/24"
+        if subnet not in used:
+            return PodNetwork(bridge=f"gbr{digest[:8]}", subnet=subnet,
+                              gateway=f"{SUBNET_PREFIX}.{third}.1")
+    raise RuntimeError(f"no free /24 in {SUBNET_PREFIX}.0.0/16")
 
 
 # -- configuration ---------------------------------------------------------------------------------
@@ -88,11 +117,12 @@ state = "{d.base}/state"
 
 
 def _cni_config(d: Layout) -> str:
+    net = d.network
     return json.dumps({
         "cniVersion": "0.4.0", "name": "graft-test",
         "plugins": [{
-            "type": "bridge", "bridge": BRIDGE, "isGateway": True, "ipMasq": False,
-            "ipam": {"type": "host-local", "ranges": [[{"subnet": SUBNET}]],
+            "type": "bridge", "bridge": net.bridge, "isGateway": True, "ipMasq": False,
+            "ipam": {"type": "host-local", "ranges": [[{"subnet": net.subnet}]],
                      "routes": [{"dst": "0.0.0.0/0"}], "dataDir": str(d.cni_ipam)},
         }],
     }, indent=2)
@@ -213,7 +243,9 @@ def _running_pid(d: Layout) -> int | None:
 def env_vars(d: Layout) -> dict[str, str]:
     return {"CONTAINERD_ADDRESS": str(d.socket), "GRAFT_CONTAINERD_DIR": str(d.base),
             "GRAFT_BUSYBOX_IMAGE": BUSYBOX_IMAGE, "GRAFT_PAUSE_IMAGE": PAUSE_IMAGE,
-            "GRAFT_RUNTIME_CONFIG": str(d.graft_config)}
+            "GRAFT_RUNTIME_CONFIG": str(d.graft_config),
+            **({"GRAFT_POD_SUBNET": d.network.subnet, "GRAFT_POD_GATEWAY": d.network.gateway}
+               if d.network_file.exists() else {})}
 
 
 def start(d: Layout, timeout: float = 30.0) -> None:
@@ -226,6 +258,8 @@ def start(d: Layout, timeout: float = 30.0) -> None:
     shim.chmod(0o755)
     d.config.write_text(_containerd_config(d))
     d.graft_config.write_text(_graft_config())
+    if not d.network_file.exists():
+        d.network_file.write_text(json.dumps(dataclasses.asdict(_choose_network(d))))
     (d.cni_conf / "10-graft-test.conflist").write_text(_cni_config(d))
     if not d.ip_forward.exists():
         d.ip_forward.write_text(Path("/proc/sys/net/ipv4/ip_forward").read_text())
@@ -269,9 +303,43 @@ def terminate(d: Layout, grace: float = 10.0) -> None:
     d.pid.unlink(missing_ok=True)
 
 
+def _shim_pids(d: Layout) -> list[int]:
+    """graft shim daemons this containerd started (they name its socket in their argv)."""
+    pids = []
+    for entry in Path("/proc").iterdir():
+        try:
+            argv = (entry / "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if b"shim.cli.shim_main" in argv and str(d.socket).encode() in argv:
+            pids.append(int(entry.name))
+    return pids
+
+
+def _stop_shims(d: Layout, grace: float = 20.0) -> None:
+    """Shims a failed test left running: SIGTERM makes each tear its VM down; SIGKILL after
+    *grace* (their VMMs die with them: PDEATHSIG)."""
+    pids = _shim_pids(d)
+    _signal_all(pids, signal.SIGTERM)
+    deadline = time.monotonic() + grace
+    while (alive := [pid for pid in pids if not _gone(pid)]) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    _signal_all(alive, signal.SIGKILL)
+
+
+def _signal_all(pids: list[int], sig: int) -> None:
+    for pid in pids:
+        try:
+            os.kill(pid, sig)
+        except ProcessLookupError:
+            pass
+
+
 def stop(d: Layout) -> None:
     terminate(d)
-    subprocess.run(["ip", "link", "del", BRIDGE], capture_output=True)
+    _stop_shims(d)
+    if d.network_file.exists():
+        subprocess.run(["ip", "link", "del", d.network.bridge], capture_output=True)
     if d.ip_forward.exists():
         Path("/proc/sys/net/ipv4/ip_forward").write_text(d.ip_forward.read_text())
         d.ip_forward.unlink()

@@ -20,10 +20,18 @@ def main(argv: list[str] | None = None) -> int:
         print(f"containerd-shim-graft-v2:\n  Version: {VERSION}\n  Runtime: io.containerd.graft.v2")
         return 0
 
-    from shim.shim_manager.logging_setup import setup_logging
-    from shim.shim_manager.runtime_options import CONFIG_ENV, resolve_config_path
+    from shim.shim_manager.logging_setup import log_level, setup_logging
+    from shim.shim_manager.runtime_options import (CONFIG_ENV, resolve_config_path,
+                                                   saved_config_path)
 
-    setup_logging(args.bundle, args.debug, args.action.value)
+    # The config decides the log level, so find it before logging starts.
+    if args.action is Action.SERVE:
+        config_path = os.environ.get(CONFIG_ENV, "")
+    elif args.action is Action.START:
+        config_path = resolve_config_path(sys.stdin.buffer.read())
+    else:  # delete: `start` left the path in the bundle
+        config_path = saved_config_path(args.bundle) or resolve_config_path(b"")
+    setup_logging(args.bundle, log_level(config_path, args.debug), args.action.value)
     if args.action is Action.SERVE:
         from shim.shim_manager.daemon import serve
         from shim.shim_manager.start import LISTEN_FD_ENV
@@ -32,14 +40,8 @@ def main(argv: list[str] | None = None) -> int:
         if not fd:
             print("containerd-shim-graft-v2: run by containerd with `start`", file=sys.stderr)
             return 2
-        return serve(args, int(fd), os.environ.get(CONFIG_ENV, ""))
+        return serve(args, int(fd), config_path)
 
-    if args.action is Action.START:
-        config_path = resolve_config_path(sys.stdin.buffer.read())
-    else:
-        from shim.shim_manager.runtime_options import saved_config_path
-
-        config_path = saved_config_path(args.bundle) or resolve_config_path(b"")
     try:
         if args.action is Action.START:
             from shim.shim_manager.start import start

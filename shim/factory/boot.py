@@ -2,7 +2,8 @@
 
 The factory never builds a template inline; templates are made out of band by
 `graft factory init`. Whatever path is taken is recorded in :class:`BootPath`
-so the sandbox can show it (log line, `graft status`, annotation/metric).
+so the sandbox can show it (log line, `graft status [--json]`, its
+metrics.prom and `graft metrics`). The VM is then sized to the pod (sizing.py).
 """
 from __future__ import annotations
 

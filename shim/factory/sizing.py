@@ -12,6 +12,7 @@ boot record, metrics), not failed: the pod runs with the VM's memory.
 from __future__ import annotations
 
 import logging
+import time
 from dataclasses import dataclass
 
 from shim.agent.client import AgentClient
@@ -51,11 +52,13 @@ async def fit_to_request(vm: Hypervisor, agent: AgentClient, request: PodResourc
     base = vm.config.vcpus
     vcpus, cpu_note = target_vcpus(request, base, vm.config.max_vcpus)
     if vcpus > base:
+        started = time.monotonic()
         await vm.add_vcpus(vcpus - base)
         # ACPI hot-plug leaves new CPUs offline; the agent onlines them and
         # returns once the guest really has that many.
         await agent.online_cpu_mem(vcpus, cpu_only=True)
-        log.info("VM %s: hot-added %d vCPU(s), %d online", vm.vm_id, vcpus - base, vcpus)
+        log.info("VM %s: hot-added %d vCPU(s) in %.3fs, %d online", vm.vm_id, vcpus - base,
+                 time.monotonic() - started, vcpus)
     shortfalls = tuple(n for n in (cpu_note, memory_shortfall(request, vm.config.memory_mib))
                        if n)
     for note in shortfalls:

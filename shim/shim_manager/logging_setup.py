@@ -27,9 +27,24 @@ class _FifoHandler(logging.Handler):
         super().close()
 
 
-def setup_logging(bundle: Path, debug: bool, component: str) -> None:
+def log_level(config_path: str, debug: bool) -> int:
+    """-debug (containerd runs at debug level) forces DEBUG; else `[runtime] log_level` of the
+    config. A config that cannot be read logs at INFO: the error itself is reported by whoever
+    needs the config (`start` fails with it when the VM is launched)."""
+    if debug:
+        return logging.DEBUG
+    from shim.config import ConfigError, load_config
+
+    try:
+        name = load_config(config_path or None).get("runtime", "log_level")
+    except (ConfigError, OSError):
+        return logging.INFO
+    return logging.getLevelName(str(name).upper())
+
+
+def setup_logging(bundle: Path, level: int, component: str) -> None:
     root = logging.getLogger()
-    root.setLevel(logging.DEBUG if debug else logging.INFO)
+    root.setLevel(level)
     try:
         fd = os.open(bundle / "log", os.O_WRONLY | os.O_NONBLOCK | os.O_CLOEXEC)
     except OSError:

@@ -42,10 +42,14 @@ class _AgentStreams:
         self._backend, self._cid, self._eid = backend, container_id, exec_id
 
     async def read_stdout(self) -> tuple[bytes, bool]:
+        if not self._backend._guest(self._cid):
+            return b"", True  # the pod VM itself: no guest process, no output
         r = await self._backend.agent.read_stdout(self._cid, self._eid)
         return r.data, r.eof
 
     async def read_stderr(self) -> tuple[bytes, bool]:
+        if not self._backend._guest(self._cid):
+            return b"", True
         r = await self._backend.agent.read_stderr(self._cid, self._eid)
         return r.data, r.eof
 

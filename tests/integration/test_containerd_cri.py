@@ -4,6 +4,7 @@ Client: PyPI container-runtime-interface-api 2.0.1 (generated cri_api.v1), insta
 """
 from __future__ import annotations
 
+import ipaddress
 import subprocess
 import sys
 import time
@@ -105,3 +106,91 @@ def test_cri_pod_flow_with_graft(runtime, containerd):
         time.sleep(0.2)
     assert not shim_sockets() - before, "the pod's shim socket is left"
     assert not _shims_of(containerd.address), "the pod's shim process is left"
+
+
+def _vmm_pids_of(sandbox_id: str) -> list[int]:
+    out = subprocess.run(["pgrep", "-f", f"qemu-system.*/sandboxes/{sandbox_id}/"],
+                         capture_output=True, text=True)
+    return [int(pid) for pid in out.stdout.split()]
+
+
+def _wait_for_log(rt, cid: str, text: str, timeout: float = 30) -> str:
+    path = Path(rt.ContainerStatus(cri.ContainerStatusRequest(container_id=cid)).status.log_path)
+    deadline = time.monotonic() + timeout
+    while True:
+        content = path.read_text() if path.exists() else ""
+        if text in content or time.monotonic() > deadline:
+            return content
+        time.sleep(0.2)
+
+
+def test_cri_pod_with_two_containers_shares_one_vm(runtime, containerd):
+    """Two app containers in one graft pod: one VM, one shim; logs, ExecSync, stats and the
+    pod IP from CNI inside the VM; StopPodSandbox with both running, then RemovePodSandbox."""
+    skip_or_fail(vm_missing())
+    rt = runtime
+    before = shim_sockets()
+    pod_config = _pod_config("pod-two", rt.log_root)
+    pod = rt.RunPodSandbox(cri.RunPodSandboxRequest(config=pod_config, runtime_handler="graft"),
+                           timeout=300).pod_sandbox_id
+    try:
+        pod_ip = rt.PodSandboxStatus(cri.PodSandboxStatusRequest(
+            pod_sandbox_id=pod)).status.network.ip
+        network = containerd.layout.network  # this private containerd's bridge CNI network
+        assert ipaddress.ip_address(pod_ip) in ipaddress.ip_network(network.subnet), pod_ip
+        cids = {}
+        for name in ("app", "side"):
+            cids[name] = rt.CreateContainer(cri.CreateContainerRequest(
+                pod_sandbox_id=pod, sandbox_config=pod_config, config=cri.ContainerConfig(
+                    metadata=cri.ContainerMetadata(name=name), image=cri.ImageSpec(image=IMAGE),
+                    command=["sh", "-c", f"echo hello from {name}; echo err-{name} >&2; "
+                             "exec sleep 1000"],
+                    log_path=f"{name}.log", linux=cri.LinuxContainerConfig())),
+                timeout=300).container_id
+            rt.StartContainer(cri.StartContainerRequest(container_id=cids[name]), timeout=300)
+        assert len(_vmm_pids_of(pod)) == 1 and len(_shims_of(containerd.address)) == 1
+
+        listed = rt.ListContainers(cri.ListContainersRequest(
+            filter=cri.ContainerFilter(pod_sandbox_id=pod))).containers
+        assert sorted(c.metadata.name for c in listed) == ["app", "side"]
+        assert all(c.state == cri.CONTAINER_RUNNING for c in listed)
+
+        boot_ids = set()
+        for name, cid in cids.items():
+            log = _wait_for_log(rt, cid, f"err-{name}")  # CRI log format: time stream tag line
+            assert f" stdout F hello from {name}\n" in log, log
+            assert f" stderr F err-{name}\n" in log, log
+            sync = rt.ExecSync(cri.ExecSyncRequest(
+                container_id=cid, cmd=["cat", "/proc/sys/kernel/random/boot_id"], timeout=60),
+                timeout=300)
+            assert sync.exit_code == 0, sync.stderr
+            boot_ids.add(sync.stdout)
+            stats = rt.ContainerStats(cri.ContainerStatsRequest(container_id=cid)).stats
+            assert stats.attributes.id == cid
+            assert stats.memory.working_set_bytes.value > 0
+            assert stats.cpu.usage_core_nano_seconds.value > 0
+        host_boot_id = Path("/proc/sys/kernel/random/boot_id").read_bytes()
+        assert len(boot_ids) == 1 and host_boot_id not in boot_ids  # one kernel: the pod VM
+
+        # The VM owns the pod IP CNI assigned (tap + tc redirect, hot-plugged NIC).
+        sync = rt.ExecSync(cri.ExecSyncRequest(container_id=cids["side"], cmd=["ip", "addr"],
+                                               timeout=60), timeout=300)
+        assert sync.exit_code == 0 and f"inet {pod_ip}/24 " in sync.stdout.decode(), sync.stdout
+        sync = rt.ExecSync(cri.ExecSyncRequest(container_id=cids["app"], cmd=[
+            "ping", "-c", "1", "-W", "5", network.gateway], timeout=60), timeout=300)
+        assert sync.exit_code == 0, sync.stdout + sync.stderr  # the bridge, through the tap
+    finally:
+        rt.StopPodSandbox(cri.StopPodSandboxRequest(pod_sandbox_id=pod), timeout=120)
+    for cid in cids.values():
+        status = rt.ContainerStatus(cri.ContainerStatusRequest(container_id=cid)).status
+        assert status.state == cri.CONTAINER_EXITED
+    rt.RemovePodSandbox(cri.RemovePodSandboxRequest(pod_sandbox_id=pod), timeout=120)
+    assert not rt.ListContainers(cri.ListContainersRequest(
+        filter=cri.ContainerFilter(pod_sandbox_id=pod))).containers
+    deadline = time.monotonic() + 15
+    while (shim_sockets() - before or _shims_of(containerd.address) or _vmm_pids_of(pod)) \
+            and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not shim_sockets() - before, "the pod's shim socket is left"
+    assert not _shims_of(containerd.address), "the pod's shim process is left"
+    assert not _vmm_pids_of(pod), "the pod's VM is left"

@@ -322,20 +322,44 @@ def _pod_netns(containerd, pod: str) -> Path:
     return next(Path(ns["path"]) for ns in spec["linux"]["namespaces"] if ns["type"] == "network")
 
 
+def test_vmm_killed_under_cri_pod(containerd, vm_ready):
+    """The pod VM dies: CRI learns of both exits (through Wait), then Stop/RemovePodSandbox
+    clean up everything, tap and redirects included."""
+    channel, rt = _cri_stub(containerd)
+    try:
+        pod, cid, _ = _run_cri_pod(rt, containerd, "fault-vmm-cri")
+        leftovers = Pod(containerd, pod, "k8s.io", [pod, cid], _pod_netns(containerd, pod))
+        try:
+            vmms = vmm_pids(leftovers.state_dir, pod)
+            assert len(vmms) == 1, vmms
+            os.kill(vmms[0], signal.SIGKILL)
+            _wait_until(lambda: rt.ContainerStatus(cri.ContainerStatusRequest(
+                container_id=cid)).status.state == cri.CONTAINER_EXITED, 30, "container exit")
+            _wait_until(lambda: rt.PodSandboxStatus(cri.PodSandboxStatusRequest(
+                pod_sandbox_id=pod)).status.state == cri.SANDBOX_NOTREADY, 30, "pod not ready")
+            status = rt.ContainerStatus(cri.ContainerStatusRequest(container_id=cid)).status
+            assert status.exit_code != 0
+        finally:
+            _remove_cri_pod(rt, pod)
+        leftovers.assert_no_leaks()
+    finally:
+        channel.close()
+
+
 def test_shim_killed_containerd_cleanup_leaves_nothing(containerd, vm_ready):
     channel, rt = _cri_stub(containerd)
     try:
         pod, cid, _ = _run_cri_pod(rt, containerd, "fault-shim")
+        netns = _pod_netns(containerd, pod)
+        leftovers = Pod(containerd, pod, "k8s.io", [pod, cid], netns)
         try:
-            netns = _pod_netns(containerd, pod)
-            leftovers = Pod(containerd, pod, "k8s.io", [pod, cid], netns)
             assert vmm_pids(leftovers.state_dir, pod), "the pod VM is not running"
             assert DEFAULT_TAP_NAME in netns_links(netns), "the pod has no tap: nothing to test"
             shims = shim_pids(containerd.address, pod)
             assert len(shims) == 1, shims
             os.kill(shims[0], signal.SIGKILL)
-            # containerd notices the dead connection and runs `delete` for both tasks; CRI
-            # learns of the exits and marks the pod/container as stopped.
+            # containerd notices the dead connection and runs `delete` for both tasks: that
+            # alone must remove everything (checked before CRI's Stop/RemovePodSandbox).
             leftovers.assert_no_leaks()
             _wait_until(lambda: rt.ContainerStatus(cri.ContainerStatusRequest(
                 container_id=cid)).status.state == cri.CONTAINER_EXITED, 30, "container exit")
@@ -346,7 +370,7 @@ def test_shim_killed_containerd_cleanup_leaves_nothing(containerd, vm_ready):
         assert not rt.ListPodSandbox(cri.ListPodSandboxRequest(
             filter=cri.PodSandboxFilter(id=pod))).items
         leftovers.assert_no_leaks()
-        assert not netns.exists() or not netns_links(netns), "the pod netns is left"
+        assert not netns_links(netns), "the pod netns is left"
     finally:
         channel.close()
 
