@@ -120,15 +120,15 @@ teardown_file() {
     [[ "$output" == *"no template at $TEMPLATE_PATH"* ]]
 }
 
-@test "without a template the next pod cold-boots and works" {
-    pod="$(cri run-pod tpl-cold)"
-    cid="$(cri create-start "$pod" app -- sh -c 'echo hello-from-cold-boot; exec sleep 1000')"
+@test "without a template the next pod cold-boots, is sized the same way and works" {
+    pod="$(tcri run-sized-pod tpl-cold --cpus 2)"
+    cid="$(cri create-start "$pod" app -- sh -c 'echo "hello-from-cold-boot cpus=$(nproc)"; exec sleep 1000')"
     run cri logs "$cid" --wait-for hello-from-cold-boot --timeout 120
     [ "$status" -eq 0 ]
-    [[ "$output" == *" stdout F hello-from-cold-boot"* ]]
+    [[ "$output" == *" stdout F hello-from-cold-boot cpus=2"* ]]
     [ "$(sandbox_field "$pod" boot_path)" = cold ]
     [[ "$(sandbox_field "$pod" reason)" == "no template at $TEMPLATE_PATH"* ]]
-    [ "$(sandbox_field "$pod" vcpus)" = 1 ]
+    [ "$(sandbox_field "$pod" vcpus)" = 2 ]
     run cat "$GRAFT_STATE/sandboxes/$pod/metrics.prom"
     [[ "$output" == *"graft_sandbox_boot_info{sandbox=\"$pod\",path=\"cold\""* ]]
     cri stop-remove "$pod"

@@ -90,10 +90,6 @@ class CloudHypervisor(SupervisedHypervisor):
                 await self._teardown(graceful=False)
                 raise
 
-    async def stop_vm(self) -> None:
-        async with self._lifecycle:
-            await self._teardown(graceful=True)
-
     async def pause_vm(self) -> None:
         await self._api_call("vm.pause")
 

@@ -78,10 +78,6 @@ class QemuHypervisor(SupervisedHypervisor):
                 await self._teardown(graceful=False)
                 raise
 
-    async def stop_vm(self) -> None:
-        async with self._lifecycle:
-            await self._teardown(graceful=True)
-
     async def pause_vm(self) -> None:
         await self._running_qmp().execute("stop")
 

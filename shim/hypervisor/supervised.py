@@ -39,6 +39,15 @@ class SupervisedHypervisor(Hypervisor):
     def process_log(self) -> Path:
         return self.paths.run_dir / self.PROCESS_LOG
 
+    async def stop_vm(self) -> None:
+        async with self._lifecycle:
+            await self._teardown(graceful=True)
+
+    async def _teardown(self, *, graceful: bool) -> None:
+        """Stop the VMM (politely first when *graceful*) and remove what it
+        created. Idempotent."""
+        raise NotImplementedError
+
     def _claim_launch(self) -> None:
         if self._launched:
             raise HypervisorError(f"VM {self.vm_id}: already launched (one VMM per object)")
