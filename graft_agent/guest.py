@@ -21,6 +21,8 @@ _SYS_CPU = "/sys/devices/system/cpu"
 _SYS_MEMORY = "/sys/devices/system/memory"
 _CPU_DIR = re.compile(r"cpu[0-9]+")
 _MEMORY_DIR = re.compile(r"memory[0-9]+")
+# Hot-plugged CPUs/memory blocks appear a few ms apart (ACPI work queue): poll often.
+_ONLINE_POLL_S = 0.01
 
 DEFAULT_SHARE_POINT = "/run/graft/shared"
 NINEP_MSIZE = 512000  # the largest the 6.1 virtio transport accepts
@@ -73,20 +75,47 @@ def _bring_online(base: str, pattern: re.Pattern, state_file: str, offline: str,
             pass  # the kernel may refuse for now (e.g. a block not ready); retried next round
 
 
-async def online_cpu_mem(wanted_cpus: int, cpu_only: bool, timeout: float = 10.0) -> None:
-    """Online hot-plugged CPUs (and memory blocks unless cpu_only); with wanted_cpus > 0 wait
-    until that many CPUs are online (hot-plug notifications arrive asynchronously)."""
+def memory_block_size() -> int:
+    """Bytes per memory block (0 when the kernel has no memory hot-plug)."""
+    block = read_text(os.path.join(_SYS_MEMORY, "block_size_bytes")).strip()
+    return int(block, 16) if block else 0
+
+
+def online_memory_bytes() -> int:
+    """Memory in online blocks (boot RAM included)."""
+    try:
+        names = os.listdir(_SYS_MEMORY)
+    except FileNotFoundError:
+        return 0
+    online = sum(1 for name in names if _MEMORY_DIR.fullmatch(name)
+                 and read_text(os.path.join(_SYS_MEMORY, name, "state")).strip() == "online")
+    return online * memory_block_size()
+
+
+async def online_cpu_mem(wanted_cpus: int, cpu_only: bool, wanted_memory: int = 0,
+                         timeout: float = 10.0) -> None:
+    """Online hot-plugged CPUs (and memory blocks unless cpu_only). Hot-plug
+    notifications arrive asynchronously, so with wanted_cpus > 0 wait until
+    that many CPUs are online, and with wanted_memory > 0 (bytes) until that
+    much memory is."""
+    if cpu_only:
+        wanted_memory = 0
     deadline = time.monotonic() + timeout
     while True:
         _bring_online(_SYS_CPU, _CPU_DIR, "online", "0", "1")
         if not cpu_only:
             _bring_online(_SYS_MEMORY, _MEMORY_DIR, "state", "offline", "online")
-        if wanted_cpus == 0 or online_cpus() >= wanted_cpus:
+        cpus_ok = wanted_cpus == 0 or online_cpus() >= wanted_cpus
+        memory_ok = wanted_memory == 0 or online_memory_bytes() >= wanted_memory
+        if cpus_ok and memory_ok:
             return
         if time.monotonic() > deadline:
-            raise DeadlineExceeded(f"only {online_cpus()} of {wanted_cpus} CPUs came online "
-                                   f"within {timeout:.0f}s")
-        await asyncio.sleep(0.05)
+            missing = [] if cpus_ok else [f"only {online_cpus()} of {wanted_cpus} CPUs"]
+            if not memory_ok:
+                missing.append(f"only {online_memory_bytes() >> 20} of "
+                               f"{wanted_memory >> 20} MiB of memory")
+            raise DeadlineExceeded(" and ".join(missing) + f" came online within {timeout:.0f}s")
+        await asyncio.sleep(_ONLINE_POLL_S)
 
 
 def guest_details(default_runtime: str, started_at: float) -> dict:
@@ -95,14 +124,13 @@ def guest_details(default_runtime: str, started_at: float) -> dict:
         if line.startswith("MemTotal:"):
             mem_total = int(line.split()[1]) * 1024
             break
-    block = read_text(os.path.join(_SYS_MEMORY, "block_size_bytes")).strip()
     return {
         "agent_version": __version__,
         "kernel_release": os.uname().release,
         "boot_id": read_text("/proc/sys/kernel/random/boot_id").strip(),
         "online_cpus": online_cpus(),
         "memory_total_bytes": mem_total,
-        "mem_block_size_bytes": int(block, 16) if block else 0,
+        "mem_block_size_bytes": memory_block_size(),
         "default_runtime": default_runtime,
         "agent_uptime_s": time.monotonic() - started_at,
     }

@@ -202,7 +202,7 @@ class AgentService:
 
     @_edge
     async def OnlineCPUMem(self, req: pb.OnlineCPUMemRequest) -> _EMPTY:
-        await online_cpu_mem(req.nb_cpus, req.cpu_only)
+        await online_cpu_mem(req.nb_cpus, req.cpu_only, req.memory_bytes)
         return _EMPTY()
 
     @_edge

@@ -43,5 +43,11 @@ fi
 step "protos: generating bindings"
 "$PYTHON" hack/gen_protos.py
 
+step "containerd 1.7 / 2.x for compatibility tests (cached)"
+for suite in trixie sid; do
+    "$PYTHON" hack/containerd/compat.py fetch "$suite" >/dev/null ||
+        echo "warning: could not fetch containerd from Debian $suite: its compat tests will skip" >&2
+done
+
 step "guest image: building (cached by input digests)"
 graft guest build

@@ -45,6 +45,12 @@ KEYS: tuple[Key, ...] = (
     Key("hypervisor", "vcpus", 1, int, "vCPUs at boot (and in a template).", check=_positive),
     Key("hypervisor", "max_vcpus", 4, int, "vCPUs that can be hot-added.", check=_positive),
     Key("hypervisor", "memory_mib", 256, int, "Guest RAM in MiB.", check=_positive),
+    Key("hypervisor", "memory_slots", 2, int,
+        "DIMM slots for memory hot-add (one per hot-add; 0 = no memory hot-add). QEMU only.",
+        check=lambda v: 0 <= v <= 256),
+    Key("hypervisor", "max_memory_mib", 2048, int,
+        "Most RAM (MiB) a VM can grow to by hot-add when its pod asks for more than "
+        "memory_mib; equal to memory_mib = no memory hot-add.", check=_positive),
     Key("hypervisor", "kernel_params", "", str, "Extra guest kernel parameters (appended)."),
     Key("hypervisor", "vmgenid", False, bool,
         "Add a vmgenid device so the guest kernel reseeds its RNG after a restore."),
@@ -127,6 +133,8 @@ def parse_config(data: dict[str, Any], source: Path | None = None) -> GraftConfi
             values[(section, name)] = _coerce(key, raw)
     if values[("hypervisor", "max_vcpus")] < values[("hypervisor", "vcpus")]:
         raise ConfigError("[hypervisor] max_vcpus: must be >= vcpus")
+    if values[("hypervisor", "max_memory_mib")] < values[("hypervisor", "memory_mib")]:
+        raise ConfigError("[hypervisor] max_memory_mib: must be >= memory_mib")
     return GraftConfig(values=values, source=source)
 
 

@@ -50,6 +50,19 @@ class Layout:
         self.pid = self.base / "containerd.pid"
         self.ip_forward = self.base / "ip_forward.orig"
         self.network_file = self.base / "network.json"
+        self.containerd_bin_file = self.base / "containerd-bin"
+
+    @property
+    def containerd_bin(self) -> Path | None:
+        """Directory of another containerd release (with its ctr) to run instead of PATH's."""
+        try:
+            return Path(self.containerd_bin_file.read_text().strip())
+        except FileNotFoundError:
+            return None
+
+    def tool(self, name: str) -> str:
+        """containerd or ctr: from containerd_bin if set, else from PATH."""
+        return str(self.containerd_bin / name) if self.containerd_bin else name
 
     @property
     def network(self) -> "PodNetwork":
@@ -224,7 +237,7 @@ def _import_images(d: Layout) -> None:
 # -- process control ------------------------------------------------------------------------------
 
 def _ctr(d: Layout, *args: str) -> str:
-    done = subprocess.run(["ctr", "--address", str(d.socket), *args], capture_output=True,
+    done = subprocess.run([d.tool("ctr"), "--address", str(d.socket), *args], capture_output=True,
                           text=True, timeout=120)
     if done.returncode != 0:
         raise RuntimeError(f"ctr {' '.join(args)} failed: {done.stderr.strip()}")
@@ -248,9 +261,11 @@ def env_vars(d: Layout) -> dict[str, str]:
                if d.network_file.exists() else {})}
 
 
-def start(d: Layout, timeout: float = 30.0) -> None:
+def start(d: Layout, timeout: float = 30.0, containerd_bin: Path | None = None) -> None:
     if _running_pid(d):
         return
+    if containerd_bin is not None:
+        d.containerd_bin_file.write_text(str(containerd_bin))
     for sub in (d.bin, d.cni_conf, d.cni_ipam):
         sub.mkdir(parents=True, exist_ok=True)
     shim = d.bin / "containerd-shim-graft-v2"
@@ -272,7 +287,8 @@ def launch(d: Layout, timeout: float = 30.0) -> int:
     restart it with the same directories: running shims are then reconnected)."""
     env = dict(os.environ, PATH=f"{d.bin}:{os.environ.get('PATH', PATH_DIRS)}")
     with open(d.log, "ab") as log:
-        proc = subprocess.Popen(["containerd", "--config", str(d.config)], stdin=subprocess.DEVNULL,
+        proc = subprocess.Popen([d.tool("containerd"), "--config", str(d.config)],
+                                stdin=subprocess.DEVNULL,
                                 stdout=log, stderr=log, env=env, start_new_session=True)
     d.pid.write_text(str(proc.pid))
     deadline = time.monotonic() + timeout

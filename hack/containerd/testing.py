@@ -51,7 +51,8 @@ class Containerd:
 
     def ctr(self, *args: str, check: bool = True, timeout: float = 180, input: bytes | None = None,
             namespace: str = "default") -> subprocess.CompletedProcess:
-        done = subprocess.run(["ctr", "--address", self.address, "-n", namespace, *args],
+        done = subprocess.run([self.layout.tool("ctr"), "--address", self.address, "-n", namespace,
+                               *args],
                               capture_output=True, timeout=timeout, input=input)
         if check and done.returncode != 0:
             raise AssertionError(f"ctr {' '.join(args)} → {done.returncode}: "

@@ -152,9 +152,12 @@ class AgentClient:
     async def set_guest_date_time(self, sec: int, usec: int) -> None:
         await self._call("SetGuestDateTime", pb.SetGuestDateTimeRequest(sec=sec, usec=usec), _EMPTY)
 
-    async def online_cpu_mem(self, nb_cpus: int, cpu_only: bool = False) -> None:
-        await self._call("OnlineCPUMem", pb.OnlineCPUMemRequest(nb_cpus=nb_cpus,
-                                                                 cpu_only=cpu_only), _EMPTY)
+    async def online_cpu_mem(self, nb_cpus: int, cpu_only: bool = False,
+                             memory_bytes: int = 0) -> None:
+        """Online hot-added CPUs/memory; waits for nb_cpus CPUs and memory_bytes
+        of online memory (0 = no wait)."""
+        await self._call("OnlineCPUMem", pb.OnlineCPUMemRequest(
+            nb_cpus=nb_cpus, cpu_only=cpu_only, memory_bytes=memory_bytes), _EMPTY)
 
     async def get_guest_details(self) -> pb.GuestDetailsResponse:
         return await self._call("GetGuestDetails", _EMPTY(), pb.GuestDetailsResponse)

@@ -44,6 +44,10 @@ class HypervisorConfig:
     vcpus: int = 1
     max_vcpus: int = 4
     memory_mib: int = 256
+    # Memory hot-add: DIMM slots and the most RAM the VM can grow to (MiB).
+    # 0 slots = no hot-add (max_memory_mib is then ignored).
+    memory_slots: int = 0
+    max_memory_mib: int = 0
     accelerator: Accelerator = Accelerator.AUTO
     binary: Path | None = None  # None = look up the default on PATH
     file_backed_memory: FileBackedMemoryConfig | None = None
@@ -72,9 +76,12 @@ class HypervisorConfig:
             "agent_port_name": self.agent_port_name,
             "share_mount_tag": self.share_mount_tag,
             "extra_args": list(self.extra_args),
-            # Only present when set, so identities of configs without it are
-            # unchanged.
+            # Only present when set, so identities of configs without them
+            # are unchanged (and their templates stay valid).
             **({"virtiofs_share": True} if self.virtiofs_socket else {}),
+            # Slots and maxmem change the machine (ACPI tables, address map).
+            **({"memory_slots": self.memory_slots, "max_memory_mib": self.max_memory_mib}
+               if self.memory_slots else {}),
         }
 
 
@@ -156,6 +163,16 @@ class Hypervisor(abc.ABC):
         """Hot-add *count* vCPUs (up to config.max_vcpus). The guest still
         has to online them."""
         raise HypervisorError(f"{type(self).__name__} cannot hot-add vCPUs")
+
+    #: Whether add_memory() can work at all for this VMM (config aside).
+    supports_memory_hotplug = False
+
+    async def add_memory(self, mib: int) -> int:
+        """Hot-add *mib* MiB of RAM (within config.memory_slots and
+        config.max_memory_mib); returns the VM's RAM in MiB afterwards. The
+        guest still has to online the new memory blocks, and only onlines
+        whole blocks (GetGuestDetails.mem_block_size_bytes)."""
+        raise HypervisorError(f"{type(self).__name__} cannot hot-add memory")
 
     @abc.abstractmethod
     async def wait_exit(self) -> int:

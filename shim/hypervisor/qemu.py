@@ -23,6 +23,10 @@ log = logging.getLogger(__name__)
 STATE_FILE = "state"  # inside a save_vm directory
 SAVE_TIMEOUT = 60.0
 MAX_BANDWIDTH = 10 * 1024**3  # bytes/s: do not throttle a local save
+MIB = 1 << 20
+# ids of hot-added memory: backend object hmem<N>, pc-dimm device dimm<N>
+HOTPLUG_BACKEND_PREFIX = "hmem"
+HOTPLUG_DIMM_PREFIX = "dimm"
 
 _ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,40}$")
 _MAC_RE = re.compile(r"^[0-9a-fA-F]{2}(:[0-9a-fA-F]{2}){5}$")
@@ -171,6 +175,43 @@ class QemuHypervisor(SupervisedHypervisor):
                 props = slot["props"]
                 cpu_id = "cpu-" + "-".join(f"{v}" for _, v in sorted(props.items()))
                 await qmp.execute("device_add", {"driver": slot["type"], "id": cpu_id, **props})
+
+    supports_memory_hotplug = True
+
+    async def add_memory(self, mib: int) -> int:
+        """One pc-dimm of *mib* MiB backed by private anonymous RAM (also in
+        clones: hot-added memory never comes from the template)."""
+        if mib < 1:
+            raise HypervisorError(f"add_memory: size must be >= 1 MiB, got {mib}")
+        cfg = self.config
+        if cfg.memory_slots == 0:
+            raise HypervisorError(f"VM {self.vm_id}: no memory slots, cannot hot-add memory "
+                                  "(memory_slots=0)")
+        async with self._devices:
+            qmp = self._running_qmp()
+            dimms = [d.get("data") or {} for d in await qmp.execute("query-memory-devices")
+                     if d.get("type") == "dimm"]
+            plugged_mib = sum(int(d.get("size", 0)) for d in dimms) // MIB
+            current = cfg.memory_mib + plugged_mib
+            if len(dimms) >= cfg.memory_slots:
+                raise HypervisorError(f"VM {self.vm_id}: cannot add {mib} MiB: all "
+                                      f"{cfg.memory_slots} memory slots are in use")
+            if current + mib > cfg.max_memory_mib:
+                raise HypervisorError(f"VM {self.vm_id}: cannot add {mib} MiB to {current} MiB "
+                                      f"(max_memory_mib={cfg.max_memory_mib})")
+            used = {str(d.get("id")) for d in dimms}
+            n = next(i for i in range(len(used) + 1)
+                     if f"{HOTPLUG_DIMM_PREFIX}{i}" not in used)
+            backend_id, dimm_id = f"{HOTPLUG_BACKEND_PREFIX}{n}", f"{HOTPLUG_DIMM_PREFIX}{n}"
+            await qmp.execute("object-add", {"qom-type": "memory-backend-ram", "id": backend_id,
+                                             "size": mib * MIB})
+            try:
+                await qmp.execute("device_add", {"driver": "pc-dimm", "id": dimm_id,
+                                                 "memdev": backend_id})
+            except HypervisorError:
+                await _ignore_errors(qmp.execute("object-del", {"id": backend_id}))
+                raise
+            return current + mib
 
     async def free_root_ports(self) -> list[str]:
         """Root ports with nothing plugged in (for tests and diagnostics)."""

@@ -24,6 +24,7 @@ QMP_CHARDEV_ID = "qmp"
 
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 MAX_MOUNT_TAG_LEN = 31  # older guest 9p drivers reject longer tags
+MAX_MEMORY_SLOTS = 256  # QEMU's ACPI limit on x86 (ACPI_MAX_RAM_SLOTS)
 
 
 def root_port_ids(count: int) -> list[str]:
@@ -52,6 +53,12 @@ def validate_config(config: HypervisorConfig) -> None:
         raise ValueError(f"vcpus={config.vcpus} must be between 1 and max_vcpus={config.max_vcpus}")
     if config.memory_mib < 64:
         raise ValueError(f"memory_mib={config.memory_mib} is too small (minimum 64)")
+    if not 0 <= config.memory_slots <= MAX_MEMORY_SLOTS:
+        raise ValueError(f"memory_slots={config.memory_slots} must be within 0..{MAX_MEMORY_SLOTS}")
+    if config.memory_slots and config.max_memory_mib <= config.memory_mib:
+        # QEMU refuses slots without room to plug anything into them
+        raise ValueError(f"max_memory_mib={config.max_memory_mib} must be larger than "
+                         f"memory_mib={config.memory_mib} when memory_slots > 0")
     if not 0 <= config.hotplug_root_ports <= 30:
         raise ValueError(f"hotplug_root_ports={config.hotplug_root_ports} must be within 0..30")
     if not _NAME_RE.match(config.agent_port_name):
@@ -85,7 +92,7 @@ def build_argv(config: HypervisorConfig, paths: VmPaths, spec: LaunchSpec,
         argv += ["-bios", str(spec.qboot)]
     argv += [
         "-smp", f"{config.vcpus},maxcpus={config.max_vcpus}",
-        "-m", mem,
+        "-m", memory_option(config),
         "-object", _memory_backend(config, mem),
         "-kernel", str(config.kernel),
         "-initrd", str(config.initrd),
@@ -116,6 +123,15 @@ def build_argv(config: HypervisorConfig, paths: VmPaths, spec: LaunchSpec,
         argv += ["-S", "-incoming", "defer"]
     argv += list(config.extra_args)
     return argv
+
+
+def memory_option(config: HypervisorConfig) -> str:
+    """-m: boot RAM, plus DIMM slots and maxmem when memory can be hot-added
+    (the boot RAM itself stays the machine's memory-backend)."""
+    mem = f"{config.memory_mib}M"
+    if config.memory_slots:
+        mem += f",slots={config.memory_slots},maxmem={config.max_memory_mib}M"
+    return mem
 
 
 def _memory_backend(config: HypervisorConfig, size: str) -> str:

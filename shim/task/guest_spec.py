@@ -4,6 +4,10 @@ What only makes sense on the host is rewritten:
   * namespaces: the network namespace is dropped (containers share the VM's network, the VM
     being the pod); paths to host namespaces (/proc/<pid>/ns/...) are dropped (new ones);
   * hooks run host binaries: dropped;
+  * ociVersion: the guest's runtimes (Debian 12's crun 1.8 and runc 1.1) refuse a spec version
+    newer than they know (crun: "unknown version specified" for containerd 1.7's 1.2.0 and
+    2.x's 1.2.1), although every field they understand means the same: a 1.x version is
+    declared as GUEST_OCI_VERSION;
   * bind mounts of host files/dirs (CRI's /etc/hosts, resolv.conf, hostname, volumes) are
     exposed through the 9p share: the caller bind-mounts each source under the share and the
     guest mounts it from there; the host-side /dev/shm of the sandbox becomes a guest tmpfs.
@@ -13,6 +17,8 @@ from __future__ import annotations
 import copy
 from dataclasses import dataclass
 from pathlib import Path
+
+GUEST_OCI_VERSION = "1.0.2"
 
 SHM_MOUNT = {"destination": "/dev/shm", "type": "tmpfs", "source": "shm",
              "options": ["nosuid", "noexec", "nodev", "mode=1777", "size=65536k"]}
@@ -34,6 +40,8 @@ def guest_spec(spec: dict, guest_mounts_dir: str) -> tuple[dict, list[HostBind]]
     """Rewrite *spec* for the guest; host binds are to appear under *guest_mounts_dir*."""
     out = copy.deepcopy(spec)
     out.pop("hooks", None)
+    if str(out.get("ociVersion", "")).startswith("1."):
+        out["ociVersion"] = GUEST_OCI_VERSION
     linux = out.get("linux") or {}
     namespaces = []
     for ns in linux.get("namespaces") or []:

@@ -23,6 +23,7 @@ from pathlib import Path
 from shim.agent.client import AgentClient
 from shim.sandbox.mounts import bind_mount, mounts_under, unmount_all_under
 from shim.sandbox.sandbox import GUEST_SHARE_MOUNT
+from shim.ttrpc import Code, TtrpcError
 
 from .backend import ContainerConfig
 from .bundle import ContainerKind, hostname, network_namespace
@@ -201,12 +202,22 @@ class VmBackend:
         if kind is not ContainerKind.POD_VM and self._sandbox is not None:
             try:
                 if self._vm_exit is not None and not self._vm_exit.done():
-                    await self.agent.remove_container(container_id, force=True)
+                    await self._remove_in_guest(container_id)
             finally:
                 self._remove_binds(container_id)
                 self._sandbox.remove_container_rootfs(container_id)
         if not self._kinds:
             await self._teardown()
+
+    async def _remove_in_guest(self, container_id: str) -> None:
+        try:
+            await self.agent.remove_container(container_id, force=True)
+        except TtrpcError as exc:
+            # The agent's connection is lost: the VM is dying (its exit may not be noticed yet)
+            # and takes the container along. What is left is host-side: Delete goes on.
+            if exc.code is not Code.UNAVAILABLE:
+                raise
+            log.info("remove %s: the guest agent is gone (%s)", container_id, exc.message)
 
     async def list_pids(self, container_id: str) -> list[int]:
         if not self._guest(container_id):

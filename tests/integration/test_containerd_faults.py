@@ -29,131 +29,18 @@ sys.path.insert(0, str(ROOT / "hack" / "containerd"))
 import private_containerd  # noqa: E402
 from testing import containerd, skip_or_fail, vm_missing  # noqa: E402,F401
 
-from shim.config import load_config  # noqa: E402
+from leaks import TASK_DIR, PodLeaks, netns_links, shim_pids, vmm_pids  # noqa: E402
 from shim.network import DEFAULT_TAP_NAME  # noqa: E402
-from shim.shim_manager.socket_address import socket_path  # noqa: E402
 
 pytestmark = pytest.mark.containerd
 
 RUNTIME = "io.containerd.graft.v2"
 IMAGE = "graft.local/busybox:latest"
-TASK_DIR = "io.containerd.runtime.v2.task"
 
 
 @pytest.fixture(scope="module")
 def vm_ready():
     skip_or_fail(vm_missing())
-
-
-# -- observing the host ---------------------------------------------------------------------
-
-def _cmdlines() -> dict[int, list[str]]:
-    out: dict[int, list[str]] = {}
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                raw = (entry / "cmdline").read_bytes()
-            except OSError:
-                continue
-            if raw:
-                out[int(entry.name)] = raw.decode(errors="replace").rstrip("\0").split("\0")
-    return out
-
-
-def vmm_pids(state_dir: Path, sandbox_id: str) -> list[int]:
-    """VMM processes of one sandbox (their command line names its run dir)."""
-    marker = f"{state_dir}/sandboxes/{sandbox_id}/"
-    return [pid for pid, argv in _cmdlines().items()
-            if argv[0].rsplit("/", 1)[-1].startswith(("qemu-system", "cloud-hypervisor"))
-            and any(marker in arg for arg in argv)]
-
-
-def shim_pids(address: str, container_id: str | None = None) -> list[int]:
-    """Shim daemons (and start/delete runs) of this containerd, optionally for one id."""
-    found = []
-    for pid, argv in _cmdlines().items():
-        if "shim.cli.shim_main" not in argv or address not in argv:
-            continue
-        if container_id is None or container_id in argv:
-            found.append(pid)
-    return found
-
-
-def mount_points() -> list[str]:
-    points = []
-    with open("/proc/self/mountinfo") as f:
-        for line in f:
-            points.append(re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)),
-                                 line.split()[4]))
-    return points
-
-
-def _under(path: str, prefix: Path) -> bool:
-    return path == str(prefix) or path.startswith(f"{prefix}/")
-
-
-def netns_links(netns: Path) -> list[str]:
-    done = subprocess.run(["nsenter", f"--net={netns}", "ip", "-o", "link"], capture_output=True,
-                          text=True, timeout=10)
-    if done.returncode != 0:
-        return []  # the netns is gone: nothing can be left in it
-    return [line.split(":")[1].strip().split("@")[0] for line in done.stdout.splitlines()]
-
-
-def netns_redirects(netns: Path, device: str) -> str:
-    done = subprocess.run(["nsenter", f"--net={netns}", "tc", "filter", "show", "dev", device,
-                           "ingress"], capture_output=True, text=True, timeout=10)
-    return done.stdout if done.returncode == 0 else ""
-
-
-class Pod:
-    """What one graft pod (VM) may leave on the host."""
-
-    def __init__(self, containerd, sandbox_id: str, namespace: str, container_ids: list[str],
-                 netns: Path | None = None) -> None:
-        self.containerd = containerd
-        self.sandbox_id = sandbox_id
-        self.namespace = namespace
-        self.container_ids = container_ids
-        self.netns = netns
-        self.state_dir = load_config(containerd.layout.graft_config).state_dir
-
-    @property
-    def run_dir(self) -> Path:
-        return self.state_dir / "sandboxes" / self.sandbox_id
-
-    @property
-    def bundles(self) -> list[Path]:
-        base = self.containerd.layout.base / "state" / TASK_DIR / self.namespace
-        return [base / cid for cid in self.container_ids]
-
-    @property
-    def socket(self) -> Path:
-        return socket_path(self.containerd.address, self.namespace, self.sandbox_id)
-
-    def leaks(self) -> list[str]:
-        found = [f"VMM pid {pid}" for pid in vmm_pids(self.state_dir, self.sandbox_id)]
-        found += [f"shim pid {pid}" for cid in {self.sandbox_id, *self.container_ids}
-                  for pid in shim_pids(self.containerd.address, cid)]
-        for point in mount_points():
-            if any(_under(point, p) for p in (self.run_dir, *self.bundles)):
-                found.append(f"mount {point}")
-        if self.run_dir.exists():
-            found.append(f"state dir {self.run_dir}")
-        if self.socket.exists():
-            found.append(f"socket {self.socket}")
-        if self.netns is not None:
-            if DEFAULT_TAP_NAME in netns_links(self.netns):
-                found.append(f"tap {DEFAULT_TAP_NAME} in {self.netns}")
-            if "mirred" in netns_redirects(self.netns, "eth0"):
-                found.append(f"tc redirect on eth0 in {self.netns}")
-        return found
-
-    def assert_no_leaks(self, deadline_s: float = 20) -> None:
-        deadline = time.monotonic() + deadline_s
-        while (found := self.leaks()) and time.monotonic() < deadline:
-            time.sleep(0.3)
-        assert not found, f"left behind by pod {self.sandbox_id}: {found}"
 
 
 # -- containerd events ------------------------------------------------------------------------
@@ -229,7 +116,7 @@ def _restart_containerd(containerd) -> None:
 
 def test_vmm_killed_under_running_task(containerd, vm_ready, tmp_path):
     cid = "fault-vmm"
-    pod = Pod(containerd, cid, "default", [cid])
+    pod = PodLeaks(containerd, cid, "default", [cid])
     with EventLog(containerd, tmp_path / "events") as events:
         run = subprocess.Popen(["ctr", "--address", containerd.address, "run", "--runtime",
                                 RUNTIME, IMAGE, cid, "sleep", "1000"],
@@ -249,8 +136,10 @@ def test_vmm_killed_under_running_task(containerd, vm_ready, tmp_path):
                 run.wait()
         assert run.returncode not in (0, None), stderr
         exit_event = events.wait_for("/tasks/exit", cid)
-        assert exit_event.get("exit_status") == run.returncode
+        assert exit_event.get("exit_status") == run.returncode, stderr
         events.wait_for("/tasks/delete", cid)  # `ctr run` deletes its task after Wait
+        assert [t for t, body in events.events() if body.get("container_id") == cid] == [
+            "/tasks/create", "/tasks/start", "/tasks/exit", "/tasks/delete"]
     try:
         assert _task_status(containerd, cid) is None
     finally:
@@ -328,7 +217,7 @@ def test_vmm_killed_under_cri_pod(containerd, vm_ready):
     channel, rt = _cri_stub(containerd)
     try:
         pod, cid, _ = _run_cri_pod(rt, containerd, "fault-vmm-cri")
-        leftovers = Pod(containerd, pod, "k8s.io", [pod, cid], _pod_netns(containerd, pod))
+        leftovers = PodLeaks(containerd, pod, "k8s.io", [pod, cid], _pod_netns(containerd, pod))
         try:
             vmms = vmm_pids(leftovers.state_dir, pod)
             assert len(vmms) == 1, vmms
@@ -351,7 +240,7 @@ def test_shim_killed_containerd_cleanup_leaves_nothing(containerd, vm_ready):
     try:
         pod, cid, _ = _run_cri_pod(rt, containerd, "fault-shim")
         netns = _pod_netns(containerd, pod)
-        leftovers = Pod(containerd, pod, "k8s.io", [pod, cid], netns)
+        leftovers = PodLeaks(containerd, pod, "k8s.io", [pod, cid], netns)
         try:
             assert vmm_pids(leftovers.state_dir, pod), "the pod VM is not running"
             assert DEFAULT_TAP_NAME in netns_links(netns), "the pod has no tap: nothing to test"
@@ -379,7 +268,7 @@ def test_shim_killed_containerd_cleanup_leaves_nothing(containerd, vm_ready):
 
 def test_containerd_restart_reconnects_to_the_shim(containerd, vm_ready, tmp_path):
     cid = "fault-restart"
-    pod = Pod(containerd, cid, "default", [cid])
+    pod = PodLeaks(containerd, cid, "default", [cid])
     containerd.ctr("run", "-d", "--runtime", RUNTIME, IMAGE, cid, "sleep", "1000")
     try:
         shims = shim_pids(containerd.address, cid)
@@ -410,7 +299,7 @@ def test_containerd_restart_keeps_cri_pod_usable(containerd, vm_ready):
     try:
         pod, cid, _ = _run_cri_pod(rt, containerd, "fault-restart-cri")
         netns = _pod_netns(containerd, pod)
-        leftovers = Pod(containerd, pod, "k8s.io", [pod, cid], netns)
+        leftovers = PodLeaks(containerd, pod, "k8s.io", [pod, cid], netns)
         try:
             channel.close()
             _restart_containerd(containerd)
@@ -426,3 +315,27 @@ def test_containerd_restart_keeps_cri_pod_usable(containerd, vm_ready):
         leftovers.assert_no_leaks()
     finally:
         channel.close()
+
+
+def test_shim_dead_across_containerd_restart_is_cleaned_up(containerd, vm_ready):
+    """The shim dies while containerd is down: the restarted containerd finds the bundle's
+    address dead and runs our `delete`, which must remove everything the task had."""
+    cid = "fault-dead-restart"
+    pod = PodLeaks(containerd, cid, "default", [cid])
+    containerd.ctr("run", "-d", "--runtime", RUNTIME, IMAGE, cid, "sleep", "1000")
+    try:
+        shims = shim_pids(containerd.address, cid)
+        assert len(shims) == 1, shims
+        private_containerd.terminate(containerd.layout)
+        try:
+            os.kill(shims[0], signal.SIGKILL)
+            _wait_until(lambda: not shim_pids(containerd.address, cid), 10, "the shim to die")
+            assert pod.leaks(), "nothing left to clean up: the test would prove nothing"
+        finally:
+            private_containerd.launch(containerd.layout)
+        pod.assert_no_leaks()
+        assert _task_status(containerd, cid) is None
+    finally:
+        containerd.ctr("task", "rm", "-f", cid, check=False)
+        containerd.ctr("container", "rm", cid, check=False)
+    pod.assert_no_leaks()

@@ -160,6 +160,7 @@ def make_config(assets: GuestAssets, memory: FileBackedMemoryConfig | None = Non
                 vmgenid: bool = False) -> HypervisorConfig:
     return HypervisorConfig(kernel=assets.kernel, initrd=assets.initrd, kernel_params=KERNEL_PARAMS,
                             vcpus=1, max_vcpus=2, memory_mib=MEMORY_MIB,
+                            memory_slots=2, max_memory_mib=4 * MEMORY_MIB,
                             accelerator=Accelerator.TCG, file_backed_memory=memory, vmgenid=vmgenid,
                             hotplug_root_ports=2, agent_port_name=PORT_NAME)
 
@@ -397,6 +398,13 @@ async def test_nic_hotplug_in_netns_and_vcpu_hotplug(template: Template, tmp_pat
             await asyncio.sleep(0.2)
         with pytest.raises(HypervisorError, match="cannot add"):
             await hv.add_vcpus(1)  # max_vcpus=2 reached
+        # memory: a pc-dimm per call, within the slots and maxmem of the template
+        assert await hv.add_memory(MEMORY_MIB) == 2 * MEMORY_MIB
+        with pytest.raises(HypervisorError, match="max_memory_mib"):
+            await hv.add_memory(3 * MEMORY_MIB)
+        assert await hv.add_memory(2 * MEMORY_MIB) == 4 * MEMORY_MIB
+        with pytest.raises(HypervisorError, match="all 2 memory slots are in use"):
+            await hv.add_memory(MEMORY_MIB)
         await guest.close()
     finally:
         await hv.stop_vm()
@@ -452,7 +460,8 @@ from shim.hypervisor.qemu import QemuHypervisor
 async def main():
     kernel, initrd, memory, tpl, run_dir, shared = map(Path, sys.argv[1:7])
     cfg = HypervisorConfig(kernel=kernel, initrd=initrd, kernel_params={params!r}, vcpus=1,
-                           max_vcpus=2, memory_mib={mib}, accelerator=Accelerator.TCG,
+                           max_vcpus=2, memory_mib={mib}, memory_slots=2, max_memory_mib={maxmib},
+                           accelerator=Accelerator.TCG,
                            file_backed_memory=FileBackedMemoryConfig(memory, shared=False),
                            hotplug_root_ports=2, agent_port_name={port!r})
     hv = QemuHypervisor("owner", cfg, VmPaths(run_dir, shared))
@@ -468,7 +477,8 @@ asyncio.run(main())
 async def test_qemu_dies_with_its_owner(template: Template, tmp_path: Path) -> None:
     paths = make_paths(tmp_path)
     paths.run_dir.mkdir()
-    script = OWNER_SCRIPT.format(params=KERNEL_PARAMS, mib=MEMORY_MIB, port=PORT_NAME)
+    script = OWNER_SCRIPT.format(params=KERNEL_PARAMS, mib=MEMORY_MIB, maxmib=4 * MEMORY_MIB,
+                                 port=PORT_NAME)
     owner = await asyncio.create_subprocess_exec(
         sys.executable, "-c", script, str(template.assets.kernel), str(template.assets.initrd),
         str(template.memory), str(template.directory), str(paths.run_dir), str(paths.shared_dir),

@@ -21,6 +21,7 @@ from shim.factory import tmpfs
 from shim.factory.build import destroy_template, init_template
 from shim.factory.cli import run_factory
 from shim.factory.template import find_usable_template
+from shim.hypervisor.base import HypervisorError
 from shim.oci import default_spec
 from shim.sandbox.resources import PodResources
 from shim.sandbox.sandbox import Sandbox, read_boot_path
@@ -186,6 +187,49 @@ async def test_clone_gets_the_vcpus_its_pod_asks_for(config: GraftConfig, templa
         metrics = (box.paths.run_dir / "metrics.prom").read_text()
         assert 'graft_sandbox_vcpus{sandbox="tpl-cpu"} 2' in metrics
         assert 'graft_sandbox_boot_info{sandbox="tpl-cpu",path="restored"' in metrics
+    finally:
+        await box.stop()
+
+
+async def test_clone_gets_the_memory_its_pod_asks_for(config: GraftConfig, template) -> None:
+    """The template has 256 MiB and two DIMM slots; a pod asking for 384 MiB
+    gets a 128 MiB DIMM (one guest memory block) hot-added and onlined
+    before anything runs. The driver then refuses what the slots/maxmem
+    cannot hold."""
+    tpl, _ = template
+    identity = tpl.metadata.identity
+    assert (identity["memory_mib"], identity["memory_slots"], identity["max_memory_mib"]) \
+        == (256, 2, 2048)
+    plain = await Sandbox.launch("tpl-mem0", config)
+    try:
+        base = await plain.agent.get_guest_details()
+    finally:
+        await plain.stop()
+    assert base.mem_block_size_bytes == 128 * MIB
+    # Slots put possible RAM above 4 GiB; without a small swiotlb the guest
+    # would lose 64 MiB of its 256 to a bounce pool (MemTotal 140 MiB).
+    assert base.memory_total_bytes > 190 * MIB
+    box = await Sandbox.launch("tpl-mem", config, resources=PodResources(memory_mib=384))
+    try:
+        assert box.boot_path.restored
+        details = await box.agent.get_guest_details()
+        assert details.memory_total_bytes - base.memory_total_bytes == 128 * MIB
+        assert (box.size.memory_mib, box.size.shortfalls) == (384, ())
+        assert read_boot_path(config, "tpl-mem")["memory_mib"] == 384
+        metrics = (box.paths.run_dir / "metrics.prom").read_text()
+        assert f'graft_sandbox_memory_bytes{{sandbox="tpl-mem"}} {384 * MIB}' in metrics
+
+        # The second slot, straight through the driver, onlined by the agent.
+        with pytest.raises(HypervisorError, match=r"max_memory_mib=2048"):
+            await box.vm.add_memory(2048)
+        started = time.monotonic()
+        assert await box.vm.add_memory(256) == 640
+        await box.agent.online_cpu_mem(0, cpu_only=False, memory_bytes=640 * MIB)
+        print(f"[timing] hot-add + online 256 MiB: {(time.monotonic() - started) * 1000:.0f} ms")
+        details = await box.agent.get_guest_details()
+        assert details.memory_total_bytes - base.memory_total_bytes == 384 * MIB
+        with pytest.raises(HypervisorError, match="all 2 memory slots are in use"):
+            await box.vm.add_memory(128)
     finally:
         await box.stop()
 

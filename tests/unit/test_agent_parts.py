@@ -310,3 +310,45 @@ async def test_ttrpc_over_a_character_device_and_hangup():
     with pytest.raises(asyncio.CancelledError):
         await serving
     os.close(slave)
+
+
+def fake_memory_sysfs(root, blocks: dict[int, str], block_mib: int = 128):
+    root.mkdir(exist_ok=True)
+    (root / "block_size_bytes").write_text(f"{block_mib << 20:x}\n")
+    for n, state in blocks.items():
+        (root / f"memory{n}").mkdir(exist_ok=True)
+        (root / f"memory{n}" / "state").write_text(state + "\n")
+
+
+@session_loop
+async def test_online_memory_waits_for_blocks_that_appear_late(tmp_path, monkeypatch):
+    """ACPI memory hot-plug adds the blocks asynchronously after device_add:
+    OnlineCPUMem must online them as they show up and return once enough
+    memory is online."""
+    from graft_agent import guest
+
+    sysfs = tmp_path / "memory"
+    fake_memory_sysfs(sysfs, {0: "online", 1: "online"})
+    monkeypatch.setattr(guest, "_SYS_MEMORY", str(sysfs))
+    monkeypatch.setattr(guest, "_SYS_CPU", str(tmp_path / "no-cpus"))
+    assert guest.online_memory_bytes() == 256 << 20
+    assert guest.memory_block_size() == 128 << 20
+
+    async def plug_later() -> None:
+        await asyncio.sleep(0.2)
+        fake_memory_sysfs(sysfs, {32: "offline", 33: "offline"})
+
+    plug = asyncio.ensure_future(plug_later())
+    started = time.monotonic()
+    await guest.online_cpu_mem(0, cpu_only=False, wanted_memory=512 << 20, timeout=5)
+    await plug
+    assert time.monotonic() - started >= 0.2
+    assert (sysfs / "memory32" / "state").read_text() == "online"
+    assert guest.online_memory_bytes() == 512 << 20
+
+    # cpu_only ignores memory entirely; too little memory is a deadline error.
+    fake_memory_sysfs(sysfs, {34: "offline"})
+    await guest.online_cpu_mem(0, cpu_only=True, wanted_memory=1 << 40, timeout=0.1)
+    assert (sysfs / "memory34" / "state").read_text() == "offline\n"
+    with pytest.raises(guest.DeadlineExceeded, match="640 of 1024 MiB of memory"):
+        await guest.online_cpu_mem(0, cpu_only=False, wanted_memory=1 << 30, timeout=0.1)

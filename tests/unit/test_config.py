@@ -21,6 +21,10 @@ def test_defaults_cover_every_key() -> None:
     ({"hypervisor": {"memory_mib": 0}}, "[hypervisor] memory_mib: 0 is out of range"),
     ({"hypervisor": {"accelerator": "hvf"}}, "[hypervisor] accelerator: 'hvf' is not one of"),
     ({"hypervisor": {"vcpus": 4, "max_vcpus": 2}}, "[hypervisor] max_vcpus"),
+    ({"hypervisor": {"memory_mib": 512, "max_memory_mib": 256}},
+     "[hypervisor] max_memory_mib: must be >= memory_mib"),
+    ({"hypervisor": {"memory_slots": -1}}, "[hypervisor] memory_slots: -1 is out of range"),
+    ({"hypervisor": {"memory_slots": 300}}, "[hypervisor] memory_slots: 300 is out of range"),
     ({"hypervisor": {"colour": "blue"}}, "[hypervisor] colour: unknown key"),
     ({"nonsense": {}}, "unknown section [nonsense]"),
     ({"agent": "crun"}, "[agent] must be a table"),
@@ -67,3 +71,30 @@ def test_with_values_validates() -> None:
     assert cfg.with_values({("hypervisor", "vcpus"): 2}).get("hypervisor", "vcpus") == 2
     with pytest.raises(ConfigError):
         cfg.with_values({("hypervisor", "vcpus"): "two"})
+
+
+@pytest.mark.parametrize("hypervisor, expected", [
+    ({}, (2, 2048)),
+    ({"memory_slots": 1, "max_memory_mib": 1024}, (1, 1024)),
+    ({"memory_slots": 0}, (0, 0)),                       # hot-add off: no slots at all
+    ({"memory_mib": 512, "max_memory_mib": 512}, (0, 0)),  # no room above boot RAM
+    ({"kind": "clh"}, (0, 0)),                           # only QEMU hot-adds memory
+])
+def test_memory_hot_add_reaches_the_hypervisor_config(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, hypervisor: dict,
+        expected: tuple[int, int]) -> None:
+    from shim.sandbox.vm_config import hypervisor_config
+
+    monkeypatch.delenv("GRAFT_GUEST_DIR", raising=False)
+    for name in ("vmlinux", "initrd.img"):
+        (tmp_path / name).write_bytes(b"x")
+    cfg = parse_config({"hypervisor": hypervisor, "guest": {"image_dir": str(tmp_path)}})
+    hv = hypervisor_config(cfg)
+    assert (hv.memory_slots, hv.max_memory_mib) == expected
+    # slots put possible RAM above 4 GiB: keep the guest's swiotlb pool small
+    assert ("swiotlb=512" in hv.kernel_params) == bool(expected[0])
+    identity = hv.template_identity()
+    if expected[0]:  # the machine changes with slots: templates must be told apart
+        assert (identity["memory_slots"], identity["max_memory_mib"]) == expected
+    else:
+        assert "memory_slots" not in identity and "max_memory_mib" not in identity

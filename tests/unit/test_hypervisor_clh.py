@@ -194,6 +194,10 @@ async def test_network_devices_and_vcpus(tmp_path: Path, fake_binary: Path,
         assert (await hv.vm_info())["config"]["cpus"]["boot_vcpus"] == 3
         with pytest.raises(HypervisorError, match="cannot add 2 vCPUs"):
             await hv.add_vcpus(2)
+        # Memory hot-add is QEMU-only for now (sizing reports it as a shortfall).
+        assert not hv.supports_memory_hotplug
+        with pytest.raises(HypervisorError, match="CloudHypervisor cannot hot-add memory"):
+            await hv.add_memory(128)
     finally:
         await hv.stop_vm()
 

@@ -95,3 +95,15 @@ async def test_stale_socket_is_replaced_but_other_files_are_not_deleted(hv_facto
     with pytest.raises(HypervisorError, match="not a socket"):
         await hv.start_vm()
     assert hv.paths.control_socket.read_text() == "not a socket"
+
+
+@pytest.mark.parametrize("kw,mib,match", [
+    (dict(), 128, "no memory slots"),
+    (dict(memory_slots=2, max_memory_mib=1024), 0, "must be >= 1 MiB"),
+    (dict(memory_slots=2, max_memory_mib=1024), 128, "not running"),
+])
+async def test_add_memory_checks(hv_factory, kw, mib, match) -> None:
+    hv = hv_factory(**kw)
+    assert hv.supports_memory_hotplug
+    with pytest.raises(HypervisorError, match=match):
+        await hv.add_memory(mib)

@@ -62,6 +62,21 @@ def test_cold_boot_command_line() -> None:
     assert append.startswith("console=ttyS0 ") and append.endswith(" graft.agent_port=graft.agent")
 
 
+def test_memory_slots_for_hot_add() -> None:
+    assert values(build_argv(config(), PATHS, spec()), "-m") == ["256M"]  # no slots by default
+    cfg = config(memory_slots=2, max_memory_mib=2048)
+    argv = build_argv(cfg, PATHS, spec())
+    assert values(argv, "-m") == ["256M,slots=2,maxmem=2048M"]
+    # the boot RAM is still the machine's backend, of the boot size
+    assert "memory-backend-ram,id=mem,size=256M" in values(argv, "-object")
+    fbm = FileBackedMemoryConfig(Path("/tpl/memory"), shared=False)
+    argv = build_argv(config(memory_slots=2, max_memory_mib=2048, file_backed_memory=fbm),
+                      PATHS, spec(incoming=True))
+    assert values(argv, "-m") == ["256M,slots=2,maxmem=2048M"]
+    assert "memory-backend-file,id=mem,size=256M,mem-path=/tpl/memory,share=off" in \
+        values(argv, "-object")
+
+
 def test_vmgenid_drops_qboot() -> None:
     argv = build_argv(config(vmgenid=True), PATHS, spec())
     assert "-bios" not in argv  # vmgenid + qboot hangs: SeaBIOS
@@ -130,6 +145,10 @@ def test_root_port_ids() -> None:
     (dict(agent_port_name="a,b"), "agent_port_name"),
     (dict(share_mount_tag="x" * 40), "share_mount_tag"),
     (dict(hotplug_root_ports=-1), "hotplug_root_ports"),
+    (dict(memory_slots=2, max_memory_mib=256), "max_memory_mib=256 must be larger"),
+    (dict(memory_slots=2), "max_memory_mib=0 must be larger"),
+    (dict(memory_slots=257, max_memory_mib=4096), "memory_slots"),
+    (dict(memory_slots=-1), "memory_slots"),
     (dict(kernel_params=("a b",)), "whitespace"),
 ])
 def test_bad_config_is_rejected(kw: dict[str, object], match: str) -> None:

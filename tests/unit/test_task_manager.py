@@ -343,6 +343,16 @@ def test_guest_spec_rewrites_host_only_parts():
     assert [(str(b.source), b.share_name) for b in binds] == [("/var/lib/c/hosts", "0")]
 
 
+@pytest.mark.parametrize("host, guest", [("1.2.1", "1.0.2"), ("1.2.0", "1.0.2"),
+                                         ("1.0.2-dev", "1.0.2"), ("2.0.0", "2.0.0")])
+def test_guest_spec_declares_a_version_the_guest_runtime_knows(host, guest):
+    """containerd 1.7/2.x write 1.2.x, which the guest's crun 1.8 refuses outright."""
+    from shim.task.guest_spec import guest_spec
+
+    out, _ = guest_spec({"ociVersion": host}, "/m")
+    assert out["ociVersion"] == guest
+
+
 async def test_file_uri_appends_stdout(env, bundle, tmp_path):
     manager, backend, _ = env
     log = tmp_path / "logs" / "c1.log"

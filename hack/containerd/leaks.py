@@ -1,0 +1,124 @@
+"""What a graft pod may leave on the host, for tests against a private containerd: VMM and
+shim processes, mounts under the graft state dir and the bundles, the shim socket in
+/run/containerd/s, the pod's tap and tc redirects."""
+from __future__ import annotations
+
+import re
+import subprocess
+import time
+from pathlib import Path
+
+from shim.config import load_config
+from shim.network import DEFAULT_TAP_NAME
+from shim.shim_manager.socket_address import socket_path
+
+TASK_DIR = "io.containerd.runtime.v2.task"
+
+
+def _cmdlines() -> dict[int, list[str]]:
+    out: dict[int, list[str]] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                raw = (entry / "cmdline").read_bytes()
+            except OSError:
+                continue
+            if raw:
+                out[int(entry.name)] = raw.decode(errors="replace").rstrip("\0").split("\0")
+    return out
+
+
+def vmm_pids(state_dir: Path, sandbox_id: str) -> list[int]:
+    """VMM processes of one sandbox (their command line names its run dir)."""
+    marker = f"{state_dir}/sandboxes/{sandbox_id}/"
+    return [pid for pid, argv in _cmdlines().items()
+            if argv[0].rsplit("/", 1)[-1].startswith(("qemu-system", "cloud-hypervisor"))
+            and any(marker in arg for arg in argv)]
+
+
+def shim_pids(address: str, container_id: str | None = None) -> list[int]:
+    """Shim daemons (and start/delete runs) of this containerd, optionally for one id."""
+    found = []
+    for pid, argv in _cmdlines().items():
+        if "shim.cli.shim_main" not in argv or address not in argv:
+            continue
+        if container_id is None or container_id in argv:
+            found.append(pid)
+    return found
+
+
+def mount_points() -> list[str]:
+    points = []
+    with open("/proc/self/mountinfo") as f:
+        for line in f:
+            points.append(re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)),
+                                 line.split()[4]))
+    return points
+
+
+def _under(path: str, prefix: Path) -> bool:
+    return path == str(prefix) or path.startswith(f"{prefix}/")
+
+
+def netns_links(netns: Path) -> list[str]:
+    done = subprocess.run(["nsenter", f"--net={netns}", "ip", "-o", "link"], capture_output=True,
+                          text=True, timeout=10)
+    if done.returncode != 0:
+        return []  # the netns is gone: nothing can be left in it
+    return [line.split(":")[1].strip().split("@")[0] for line in done.stdout.splitlines()]
+
+
+def netns_redirects(netns: Path, device: str) -> str:
+    done = subprocess.run(["nsenter", f"--net={netns}", "tc", "filter", "show", "dev", device,
+                           "ingress"], capture_output=True, text=True, timeout=10)
+    return done.stdout if done.returncode == 0 else ""
+
+
+class PodLeaks:
+    """What one graft pod (VM) may leave on the host."""
+
+    def __init__(self, containerd, sandbox_id: str, namespace: str, container_ids: list[str],
+                 netns: Path | None = None) -> None:
+        self.containerd = containerd
+        self.sandbox_id = sandbox_id
+        self.namespace = namespace
+        self.container_ids = container_ids
+        self.netns = netns
+        self.state_dir = load_config(containerd.layout.graft_config).state_dir
+
+    @property
+    def run_dir(self) -> Path:
+        return self.state_dir / "sandboxes" / self.sandbox_id
+
+    @property
+    def bundles(self) -> list[Path]:
+        base = self.containerd.layout.base / "state" / TASK_DIR / self.namespace
+        return [base / cid for cid in self.container_ids]
+
+    @property
+    def socket(self) -> Path:
+        return socket_path(self.containerd.address, self.namespace, self.sandbox_id)
+
+    def leaks(self) -> list[str]:
+        found = [f"VMM pid {pid}" for pid in vmm_pids(self.state_dir, self.sandbox_id)]
+        found += [f"shim pid {pid}" for cid in {self.sandbox_id, *self.container_ids}
+                  for pid in shim_pids(self.containerd.address, cid)]
+        for point in mount_points():
+            if any(_under(point, p) for p in (self.run_dir, *self.bundles)):
+                found.append(f"mount {point}")
+        if self.run_dir.exists():
+            found.append(f"state dir {self.run_dir}")
+        if self.socket.exists():
+            found.append(f"socket {self.socket}")
+        if self.netns is not None:
+            if DEFAULT_TAP_NAME in netns_links(self.netns):
+                found.append(f"tap {DEFAULT_TAP_NAME} in {self.netns}")
+            if "mirred" in netns_redirects(self.netns, "eth0"):
+                found.append(f"tc redirect on eth0 in {self.netns}")
+        return found
+
+    def assert_no_leaks(self, deadline_s: float = 20) -> None:
+        deadline = time.monotonic() + deadline_s
+        while (found := self.leaks()) and time.monotonic() < deadline:
+            time.sleep(0.3)
+        assert not found, f"left behind by pod {self.sandbox_id}: {found}"
