@@ -20,7 +20,8 @@ import psutil  # noqa: E402
 
 from shim.config import load_config  # noqa: E402
 from shim.factory.boot import cold_boot  # noqa: E402
-from shim.hypervisor.base import VmPaths  # noqa: E402
+from shim.hypervisor.accel import resolve_accelerator  # noqa: E402
+from shim.hypervisor.base import Accelerator, VmPaths  # noqa: E402
 
 
 def vm_pss_mib(pid: int) -> float:
@@ -50,7 +51,8 @@ async def main_async(runs: int, config_path: str | None) -> dict:
     return {
         "benchmark": "cold_boot",
         "runs": runs,
-        "accelerator": config.get("hypervisor", "accelerator"),
+        "accelerator": resolve_accelerator(
+            Accelerator(config.get("hypervisor", "accelerator"))).value,  # what "auto" meant
         "memory_mib": config.get("hypervisor", "memory_mib"),
         "launch_to_agent_ready_s": {"median": statistics.median(secs), "min": min(secs),
                                     "max": max(secs)},

@@ -2,8 +2,8 @@
 
 virtio-serial has no connection semantics: the host side may disconnect and reconnect at any
 time (the VM saved as a template and restored as clones, a shim restart). While the host is
-away the port reads EOF and polls HUP, so the agent closes it, waits for the host to come
-back (HUP cleared) and serves a fresh ttrpc connection on the same port.
+away the port reads EOF and polls HUP, so the agent ends that ttrpc connection, waits for the
+host to come back (HUP cleared) and serves a fresh one on the same, still open, port.
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ import errno
 import logging
 import os
 import select
+import time
 
 log = logging.getLogger(__name__)
 
@@ -95,8 +96,12 @@ class PortStreams:
         except BaseException:
             os.close(write_fd)
             raise
-        transport, protocol = await loop.connect_write_pipe(
-            _WriteProtocol, os.fdopen(write_fd, "wb", buffering=0, closefd=True))
+        try:
+            transport, protocol = await loop.connect_write_pipe(
+                _WriteProtocol, os.fdopen(write_fd, "wb", buffering=0, closefd=True))
+        except BaseException:
+            read_transport.close()
+            raise
         return cls(reader, asyncio.StreamWriter(transport, protocol, reader, loop), read_transport,
                    protocol)
 
@@ -112,22 +117,21 @@ class PortStreams:
 
 
 def _host_connected(fd: int) -> bool:
-    """POLLHUP means no host on the other end; leftover bytes of a dead session are dropped."""
+    """POLLHUP means no host on the other end.
+
+    Bytes that are already buffered are never dropped here: the guest driver delivers the
+    data a host sends right after connecting before it processes that host's "port open"
+    message, so bytes seen while POLLHUP is still set usually belong to the host that is
+    just arriving (a restored clone's first health check)."""
     poller = select.poll()
     poller.register(fd, select.POLLIN)
-    for _, events in poller.poll(0):
-        if events & select.POLLHUP:
-            try:
-                while os.read(fd, 65536):
-                    pass
-            except OSError:
-                pass
-            return False
-    return True
+    return not any(events & select.POLLHUP for _, events in poller.poll(0))
 
 
-_RETRY_OPEN = (errno.EBUSY,    # the previous session's fd is still being released
+_RETRY_OPEN = (errno.EBUSY,    # still held open by someone else
                errno.ENOENT, errno.ENXIO, errno.ENODEV)  # port unplugged for now
+# While no host is connected, check this often that the device node still is our port.
+_REPLUG_CHECK_S = 1.0
 
 
 def _open_port(path: str) -> int | None:
@@ -139,31 +143,65 @@ def _open_port(path: str) -> int | None:
         raise
 
 
-async def serve_port(path: str, serve_connection) -> None:
-    """Serve `serve_connection(reader, writer)` on the port, session after session, until
-    cancelled."""
-    sessions = 0
+def _same_device(fd: int, path: str) -> bool:
+    try:
+        return os.stat(path).st_rdev == os.fstat(fd).st_rdev
+    except OSError:
+        return False
+
+
+async def _open_when_available(path: str) -> int:
     retry_delay = _RECONNECT_POLL_S
     while True:
         fd = _open_port(path)
-        if fd is None:
-            if retry_delay >= 1.0:
-                log.warning("cannot open %s yet; retrying", path)
-            await asyncio.sleep(retry_delay)
-            retry_delay = min(retry_delay * 2, 2.0)
-            continue
-        retry_delay = _RECONNECT_POLL_S
+        if fd is not None:
+            return fd
+        if retry_delay >= 1.0:
+            log.warning("cannot open %s yet; retrying", path)
+        await asyncio.sleep(retry_delay)
+        retry_delay = min(retry_delay * 2, 2.0)
+
+
+async def _wait_for_host(port: int, path: str) -> bool:
+    """Wait until a host is connected (True), or until the port's device node went away or
+    was replaced (False: reopen it)."""
+    waited = 0.0
+    while not _host_connected(port):
+        await asyncio.sleep(_RECONNECT_POLL_S)
+        waited += _RECONNECT_POLL_S
+        if waited >= _REPLUG_CHECK_S:
+            waited = 0.0
+            if not _same_device(port, path):
+                return False
+    return True
+
+
+async def serve_port(path: str, serve_connection) -> None:
+    """Serve `serve_connection(reader, writer)` on the port, session after session, until
+    cancelled.
+
+    The port stays open from one session to the next (each session works on duplicates of
+    one descriptor): closing a virtio port makes the guest driver discard whatever the host
+    already sent, which would lose the first request of a host that connects while the
+    previous session is being torn down."""
+    sessions = 0
+    while True:
+        port = await _open_when_available(path)
         try:
-            while not _host_connected(fd):
-                await asyncio.sleep(_RECONNECT_POLL_S)
-        except BaseException:
-            os.close(fd)
-            raise
-        streams = await PortStreams.open(fd)
-        sessions += 1
-        log.info("host connected on %s (session %d)", path, sessions)
-        try:
-            await serve_connection(streams.reader, streams.writer)
+            while await _wait_for_host(port, path):
+                streams = await PortStreams.open(os.dup(port))
+                sessions += 1
+                log.info("host connected on %s (session %d)", path, sessions)
+                began = time.monotonic()
+                try:
+                    await serve_connection(streams.reader, streams.writer)
+                finally:
+                    await streams.close()
+                log.info("host left %s", path)
+                if time.monotonic() - began < _RECONNECT_POLL_S:
+                    # A session that ends at once (e.g. a read error while the host stays
+                    # connected) must not become a busy loop; buffered bytes just wait.
+                    await asyncio.sleep(_RECONNECT_POLL_S)
+            log.warning("%s was unplugged or replaced; reopening it", path)
         finally:
-            await streams.close()
-        log.info("host left %s", path)
+            os.close(port)

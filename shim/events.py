@@ -82,12 +82,17 @@ class Publisher:
     async def run(self) -> None:
         try:
             while (item := await self._queue.get()) is not None:
-                await self._deliver(item)
+                try:
+                    await self._deliver(item)
+                except asyncio.CancelledError:
+                    raise
+                except Exception:  # a bug with one event must not silence all later ones
+                    log.exception("event %s dropped", item.topic)
         finally:
             if self._client is not None:
                 await self._client.close()
 
-    async def close(self, drain_timeout: float = 5.0) -> None:
+    async def close(self) -> None:
         """Ask :meth:`run` to stop after the events already queued (bounded wait by caller)."""
         self._queue.put_nowait(None)
 

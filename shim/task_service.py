@@ -65,12 +65,17 @@ def _timestamp(ns: int) -> timestamp_pb2.Timestamp:
     return stamp
 
 
-def _json_any(value: any_pb2.Any, what: str) -> bytes:
-    """OCI documents arrive as JSON inside an Any (typeurl-registered Go structs)."""
+def _json_any(value: any_pb2.Any, type_name: str) -> bytes:
+    """An OCI document (*type_name*: Process, LinuxResources) as JSON inside an Any, the way
+    containerd's typeurl registry packs Go structs; must hold a JSON object."""
+    if value.type_url.rsplit("/", 1)[-1] != type_name:
+        raise InvalidArgument(f"expected an Any of {type_name}, got {value.type_url!r}")
     try:
-        json.loads(value.value or b"null")
+        document = json.loads(value.value)
     except ValueError as exc:
-        raise InvalidArgument(f"{what} ({value.type_url}) is not JSON: {exc}") from exc
+        raise InvalidArgument(f"{type_name} ({value.type_url}) is not JSON: {exc}") from exc
+    if not isinstance(document, dict):
+        raise InvalidArgument(f"{type_name} ({value.type_url}) is not a JSON object")
     return value.value
 
 
@@ -130,7 +135,7 @@ class TaskService:
 
     @_edge
     async def Exec(self, req: pb.ExecProcessRequest) -> empty_pb2.Empty:
-        await self._manager.exec(req.id, req.exec_id, _json_any(req.spec, "exec process spec"),
+        await self._manager.exec(req.id, req.exec_id, _json_any(req.spec, "Process"),
                                  StdioSpec(req.stdin, req.stdout, req.stderr, req.terminal))
         return empty_pb2.Empty()
 
@@ -147,7 +152,10 @@ class TaskService:
 
     @_edge
     async def Update(self, req: pb.UpdateTaskRequest) -> empty_pb2.Empty:
-        await self._manager.update(req.id, _json_any(req.resources, "resources"))
+        if not req.HasField("resources"):  # annotations only: nothing graft acts on
+            self._manager.state(req.id, "")  # but the task must exist
+            return empty_pb2.Empty()
+        await self._manager.update(req.id, _json_any(req.resources, "LinuxResources"))
         return empty_pb2.Empty()
 
     @_edge
@@ -169,7 +177,7 @@ class TaskService:
 
     @_edge
     async def Shutdown(self, req: pb.ShutdownRequest) -> empty_pb2.Empty:
-        if not self._manager.container_ids:
+        if self._manager.empty.is_set():  # no task, none being created
             self._on_shutdown()
         return empty_pb2.Empty()
 

@@ -180,19 +180,25 @@ async def connect_agent(open_stream: StreamOpener, deadline: float,
     proven by the health check, never by a sleep.
 
     *attempt_timeout*: reconnect when one connection's health check is not
-    answered within it (doubling each time). For VMs restored from a
-    template: their agent is ending the template's session when the host
-    connects, and a request that reaches that old session is lost.
+    answered within it (doubling each time). A safety net for VMs restored
+    from a template, whose agent is ending the template's session when the
+    host connects (the agent keeps such early requests; older agents
+    dropped them).
     """
     loop = asyncio.get_running_loop()
     attempt = attempt_timeout
+    last_error: OSError | None = None
     while True:
         remaining = deadline - loop.time()
         if remaining <= 0:
-            raise TimeoutError("the guest agent did not answer in time")
+            raise TimeoutError("the guest agent did not answer in time"
+                               + (f" (last connect error: {last_error})" if last_error else ""))
         try:
             reader, writer = await open_stream()
-        except (FileNotFoundError, ConnectionRefusedError):
+        except OSError as exc:
+            # Not there yet: socket not bound, refused, or (hybrid vsock) the
+            # VMM closing a CONNECT to a guest port nobody listens on yet.
+            last_error = exc
             await asyncio.sleep(poll_interval)
             continue
         client = AgentClient(Client(reader, writer))

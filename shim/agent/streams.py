@@ -7,6 +7,7 @@ from __future__ import annotations
 from typing import AsyncIterator, Awaitable, Callable, Literal
 
 from shim.agent.client import AgentClient
+from shim.ttrpc import Code, TtrpcError
 
 Sink = Callable[[bytes], Awaitable[None]]
 
@@ -25,11 +26,18 @@ async def copy_output(agent: AgentClient, container_id: str, exec_id: str,
 
 async def copy_input(agent: AgentClient, container_id: str, exec_id: str,
                      source: AsyncIterator[bytes]) -> None:
-    """Feed *source* to the process's stdin, then close it (EOF)."""
+    """Feed *source* to the process's stdin, then close it (EOF). Stops quietly
+    when the process no longer takes input (it exited or closed its stdin):
+    input nobody reads is not an error (`true < big-file` succeeds)."""
     async for data in source:
         view = memoryview(data)
         while view:
-            written = await agent.write_stdin(container_id, exec_id, bytes(view))
+            try:
+                written = await agent.write_stdin(container_id, exec_id, bytes(view))
+            except TtrpcError as exc:
+                if exc.code == Code.FAILED_PRECONDITION:
+                    return
+                raise
             if written <= 0:
                 raise BrokenPipeError(f"stdin of {container_id}/{exec_id!r} accepts no data")
             view = view[written:]

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import logging
 import os
 import secrets
 import signal
@@ -14,12 +15,14 @@ import threading
 import tty
 from dataclasses import dataclass
 from pathlib import Path
-from typing import AsyncIterator
+from typing import AsyncIterator, Awaitable
 
 from shim.agent.streams import copy_input, copy_output
 from shim.config import GraftConfig
 from shim.oci import default_spec
 from shim.sandbox.sandbox import Sandbox
+
+log = logging.getLogger(__name__)
 
 CONTAINER_ID = "main"
 FORWARDED_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT)
@@ -86,6 +89,30 @@ def _raw_terminal(fd: int, enabled: bool):
         termios.tcsetattr(fd, termios.TCSADRAIN, saved)
 
 
+class _SignalRequests:
+    """Agent calls started from signal handlers (forwarded signals, window
+    resizes): owned here, so none outlives the run and a failure (e.g. the
+    process already exited) is logged, not lost."""
+
+    def __init__(self) -> None:
+        self._tasks: set[asyncio.Task] = set()
+
+    def start(self, call: Awaitable[None]) -> None:
+        task = asyncio.ensure_future(call)
+        self._tasks.add(task)
+        task.add_done_callback(self._finished)
+
+    def _finished(self, task: asyncio.Task) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.debug("forwarding to the container failed: %s", task.exception())
+
+    async def cancel_all(self) -> None:
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+
+
 async def run_in_vm(config: GraftConfig, request: DebugRunRequest) -> int:
     if not request.rootfs.is_dir():
         raise FileNotFoundError(f"rootfs {request.rootfs} is not a directory")
@@ -94,20 +121,21 @@ async def run_in_vm(config: GraftConfig, request: DebugRunRequest) -> int:
     spec = default_spec(list(request.command), terminal=request.terminal,
                         env=list(request.env), cwd=request.cwd)
     sandbox = await Sandbox.launch(sandbox_id, config)
+    requests = _SignalRequests()
     try:
         agent = sandbox.agent
         guest_rootfs = sandbox.add_container_rootfs(CONTAINER_ID, request.rootfs.resolve())
         await agent.create_container(CONTAINER_ID, json.dumps(spec).encode(), guest_rootfs,
                                      stdin=True, runtime=config.get("agent", "runtime"))
         for signum in FORWARDED_SIGNALS:
-            loop.add_signal_handler(signum, lambda s=signum: asyncio.ensure_future(
+            loop.add_signal_handler(signum, lambda s=signum: requests.start(
                 agent.signal_process(CONTAINER_ID, "", int(s))))
         if request.terminal and os.isatty(1):
             async def resize() -> None:
                 cols, rows = os.get_terminal_size(1)
                 if rows and cols:  # a fresh pty may report 0x0: nothing to copy
                     await agent.tty_win_resize(CONTAINER_ID, "", rows, cols)
-            loop.add_signal_handler(signal.SIGWINCH, lambda: asyncio.ensure_future(resize()))
+            loop.add_signal_handler(signal.SIGWINCH, lambda: requests.start(resize()))
             await resize()
         with _raw_terminal(0, request.terminal):
             async with asyncio.TaskGroup() as tg:
@@ -125,6 +153,7 @@ async def run_in_vm(config: GraftConfig, request: DebugRunRequest) -> int:
     finally:
         for signum in (*FORWARDED_SIGNALS, signal.SIGWINCH):
             loop.remove_signal_handler(signum)
+        await requests.cancel_all()
         await sandbox.stop()
 
 

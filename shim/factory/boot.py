@@ -26,9 +26,10 @@ from .sizing import VmSize, fit_to_request
 log = logging.getLogger(__name__)
 
 RESEED_BYTES = 512
-# A restored agent answers in ~0.1 s; a health check unanswered this long was
-# probably lost in the template's ending agent session: reconnect (see
-# connect_agent).
+# A restored agent answers in ~0.1 s. It keeps its port open while it ends
+# the template's host session, so the first check is not lost; should one
+# still go unanswered this long, reconnect rather than wait for the whole
+# boot timeout (see connect_agent).
 RESTORE_CHECK_ATTEMPT_S = 1.0
 
 
@@ -155,14 +156,20 @@ async def _restore_or_cold_boot(config: GraftConfig, vm_id: str, paths: VmPaths,
     from shim.factory.template import TemplateUnusable, find_usable_template
 
     try:
-        template = find_usable_template(config)
+        # Off the event loop: validation may hash the kernel/initrd/VMM binary
+        # when the digest cache does not know them (yet).
+        template = await asyncio.to_thread(find_usable_template, config)
     except TemplateUnusable as why:
         log.info("sandbox %s: cold boot: %s", vm_id, why)
         return await cold_boot(config, vm_id, paths, netns, str(why))
+    except Exception as exc:  # a template problem is never fatal to the pod
+        log.warning("sandbox %s: cold boot: cannot inspect the template: %s", vm_id, exc)
+        return await cold_boot(config, vm_id, paths, netns,
+                               f"cannot inspect the template: {exc}")
     try:
         booted = await restore_clone(config, vm_id, paths, netns, template.directory,
                                      template.memory_file, f"template {template.directory}")
-    except (HypervisorError, OSError, TimeoutError) as exc:
+    except Exception as exc:  # VMM, agent (TtrpcError) or file trouble; cancellation passes
         log.warning("sandbox %s: restore from %s failed, cold boot instead: %s",
                     vm_id, template.directory, exc)
         return await cold_boot(config, vm_id, paths, netns, f"restore failed: {exc}")

@@ -165,7 +165,9 @@ async def _boot_and_save(config: GraftConfig, directory: Path, vm_id: str) -> st
         # would save the agent at a random point of noticing the hang-up;
         # this way every clone starts alike: right after restore its host
         # side is gone, the agent ends that session and serves the clone's
-        # shim in a new one (boot.restore_clone retries a lost first check).
+        # shim in a new one. The agent keeps its port open meanwhile, so a
+        # request the clone's shim sends early is served, not discarded
+        # (boot.restore_clone still reconnects as a safety net).
         await vm.pause_vm()
         await vm.save_vm(directory)
         return version

@@ -13,6 +13,7 @@ import hashlib
 import json
 import logging
 import os
+import threading
 from pathlib import Path
 
 log = logging.getLogger(__name__)
@@ -58,7 +59,9 @@ class DigestCache:
         if self._persist_to is None:
             return
         keep = dict(list(self._known.items())[-_MAX_PERSISTED:])
-        tmp = self._persist_to.with_name(f".{self._persist_to.name}.{os.getpid()}")
+        # Per process and thread: sandboxes validate templates in worker threads.
+        tmp = self._persist_to.with_name(
+            f".{self._persist_to.name}.{os.getpid()}.{threading.get_ident()}")
         try:
             fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
             with os.fdopen(fd, "w") as f:

@@ -250,6 +250,7 @@ class CloudHypervisor(SupervisedHypervisor):
 
     async def _teardown(self, *, graceful: bool) -> None:
         """vmm.shutdown, then SIGKILL; reap; remove the files of this VM."""
+        self._expect_exit()
         proc, api = self._process, self._api
         self._api = None
         if proc is not None and not proc.exited.is_set() and graceful and api is not None:

@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import ctypes
 import ctypes.util
+import logging
 import os
 import signal
 import subprocess
@@ -33,6 +34,8 @@ _prctl = _libc.prctl
 _setns = _libc.setns
 
 T = TypeVar("T")
+
+log = logging.getLogger(__name__)
 
 # How long a failed VMM request waits to see whether the VMM is exiting.
 _DYING_GRACE = 0.5
@@ -63,18 +66,21 @@ class VmmProcess:
     """One running VMM process. Create with :meth:`spawn`."""
 
     def __init__(self, proc: asyncio.subprocess.Process, name: str, log_path: Path,
-                 exited: asyncio.Event | None = None) -> None:
+                 exited: asyncio.Event | None = None,
+                 on_exit: Callable[[int], None] | None = None) -> None:
         self._proc = proc
         self.name = name
         self.log_path = log_path
         # Set once the process is reaped; may be an event owned by the caller.
         self.exited = exited if exited is not None else asyncio.Event()
+        self._on_exit = on_exit  # called with the exit status once reaped
         self._watcher = asyncio.create_task(self._watch(), name=f"{name}-exit-watch")
 
     @classmethod
     async def spawn(cls, argv: Sequence[str], *, name: str, log_path: Path,
                     netns: Path | None = None, pass_fds: Sequence[int] = (),
-                    exited: asyncio.Event | None = None) -> "VmmProcess":
+                    exited: asyncio.Event | None = None,
+                    on_exit: Callable[[int], None] | None = None) -> "VmmProcess":
         """Start *argv*; its stdout+stderr go to *log_path* (truncated)."""
         netns_fd: int | None = None
         try:
@@ -103,7 +109,7 @@ class VmmProcess:
         finally:
             if netns_fd is not None:
                 os.close(netns_fd)
-        return cls(proc, name, log_path, exited)
+        return cls(proc, name, log_path, exited, on_exit)
 
     async def _watch(self) -> None:
         try:
@@ -111,6 +117,11 @@ class VmmProcess:
         finally:
             if self._proc.returncode is not None:
                 self.exited.set()
+                if self._on_exit is not None:
+                    try:
+                        self._on_exit(self._proc.returncode)
+                    except Exception:  # a reporting hook must not break supervision
+                        log.exception("%s exit hook failed", self.name)
 
     @property
     def pid(self) -> int:

@@ -298,6 +298,7 @@ class QemuHypervisor(SupervisedHypervisor):
 
     async def _teardown(self, *, graceful: bool) -> None:
         """Stop QEMU (QMP quit, then SIGKILL), reap it, remove its files."""
+        self._expect_exit()
         proc, qmp = self._process, self._qmp
         self._qmp = None
         if proc is not None and not proc.exited.is_set() and graceful and qmp is not None:

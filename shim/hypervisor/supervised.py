@@ -3,6 +3,7 @@ its exit event, error messages with log tails, wait_exit and pid."""
 from __future__ import annotations
 
 import asyncio
+import logging
 import shutil
 from collections.abc import Sequence
 from pathlib import Path
@@ -10,6 +11,8 @@ from typing import ClassVar
 
 from .base import Hypervisor, HypervisorConfig, HypervisorError, VmExited, VmPaths
 from .process import Describer, VmmProcess
+
+log = logging.getLogger(__name__)
 
 # How long a VMM gets to exit after a polite request, before SIGKILL.
 QUIT_TIMEOUT = 1.0
@@ -34,6 +37,7 @@ class SupervisedHypervisor(Hypervisor):
         self._describe = Describer(vm_id, self.process_log, paths.console_log)
         # Files/dirs this object created (only these are removed at teardown).
         self._created: list[Path] = []
+        self._exit_expected = False  # set once we stop the VMM ourselves
 
     @property
     def process_log(self) -> Path:
@@ -47,6 +51,18 @@ class SupervisedHypervisor(Hypervisor):
         """Stop the VMM (politely first when *graceful*) and remove what it
         created. Idempotent."""
         raise NotImplementedError
+
+    def _expect_exit(self) -> None:
+        """Called by _teardown before it stops the VMM: that exit is ours."""
+        self._exit_expected = True
+
+    def _vmm_exited(self, status: int) -> None:
+        # The console log and the VMM's output are removed at teardown: an exit
+        # nobody asked for (guest panic, poweroff, VMM crash, kill) is reported
+        # now, with their tails, so the reason survives in the owner's log.
+        if not self._exit_expected:
+            log.warning("%s", self._describe(
+                f"{self.PROCESS_NAME} exited unexpectedly (status {status})"))
 
     def _claim_launch(self) -> None:
         if self._launched:
@@ -69,7 +85,7 @@ class SupervisedHypervisor(Hypervisor):
         self._track(self.process_log, self.paths.console_log)
         self._process = await VmmProcess.spawn(
             argv, name=self.PROCESS_NAME, log_path=self.process_log, netns=self.netns,
-            pass_fds=pass_fds, exited=self.exited)
+            pass_fds=pass_fds, exited=self.exited, on_exit=self._vmm_exited)
         return self._process
 
     def _check_alive(self) -> VmmProcess:

@@ -42,6 +42,10 @@ class Daemon:
         self._connections = 0
         self._stop = asyncio.Event()
 
+    @property
+    def socket_path(self) -> Path:
+        return self._socket_path
+
     def request_stop(self) -> None:
         self._stop.set()
 
@@ -79,6 +83,8 @@ class Daemon:
         listener = await asyncio.start_unix_server(on_connection, sock=self._listener)
         background = [asyncio.ensure_future(events.run()), asyncio.ensure_future(Reaper().run()),
                       asyncio.ensure_future(self._idle_watch(manager))]
+        for task in background:
+            task.add_done_callback(self._background_ended)
         log.info("shim %s serving %s on %s", os.getpid(), self.args.id, self._socket_path)
         try:
             await self._stop.wait()
@@ -105,6 +111,13 @@ class Daemon:
             await asyncio.gather(*background, return_exceptions=True)
             await server.close()
 
+    def _background_ended(self, task: asyncio.Task) -> None:
+        # Logged when it happens, not at exit; the pods keep running (CRI learns of exits
+        # through Wait, which does not depend on these tasks).
+        if not task.cancelled() and task.exception() is not None:
+            log.error("shim background task %s failed", task.get_coro().__qualname__,
+                      exc_info=task.exception())
+
     async def _idle_watch(self, manager: TaskManager) -> None:
         idle_since: float | None = None
         loop = asyncio.get_running_loop()
@@ -128,10 +141,15 @@ def serve(args: ShimArgs, listen_fd: int, config_path: str) -> int:
     listener.setblocking(False)
     daemon = Daemon(args, listener, lambda: VmBackend(config_path))
     loop = asyncio.new_event_loop()
+    status = 0
     try:
         loop.run_until_complete(daemon.run())
+    except BaseException:
+        log.exception("shim daemon failed")
+        socket_address.remove(daemon.socket_path)  # run() may have failed before owning it
+        status = 1
     finally:
         # Everything we own is cleaned up by now. Do not let a worker thread stuck in a
         # blocking call (asyncio.run would join it) keep a finished shim alive.
         logging.shutdown()
-        os._exit(0)
+        os._exit(status)

@@ -17,30 +17,47 @@ from . import socket_address
 log = logging.getLogger(__name__)
 
 KILLED_STATUS = 128 + signal.SIGKILL
+# containerd gives the whole `delete` run 5 s (io.containerd.timeout.shim.cleanup): what we
+# ask a live daemon must fit well inside, leaving time for the host-side cleanup.
+DAEMON_BUDGET_SECONDS = 3.0
 _RPC_TIMEOUT = 1.5
 
 
 async def _ask_daemon(path: Path, container_id: str) -> None:
-    """If our daemon still serves, have it kill and delete the task (it knows the guest)."""
-    from shim.api.containerd import TASK_SERVICE, shim_pb2
-    from google.protobuf import empty_pb2
+    """If our daemon still serves, have it kill, reap and delete the task (it knows the guest)."""
     from shim.ttrpc import Client, TtrpcError
 
     try:
-        client = await asyncio.wait_for(Client.connect_unix(str(path)), _RPC_TIMEOUT)
-    except (TtrpcError, OSError, TimeoutError):
-        return
-    service = TASK_SERVICE.full_name
-    try:
-        for method, request, response in (
-                ("Kill", shim_pb2.KillRequest(id=container_id, signal=9, all=True), empty_pb2.Empty),
-                ("Delete", shim_pb2.DeleteRequest(id=container_id), shim_pb2.DeleteResponse)):
+        async with asyncio.timeout(DAEMON_BUDGET_SECONDS):
             try:
-                await client.call(service, method, request, response, timeout=_RPC_TIMEOUT)
-            except TtrpcError as exc:
-                log.info("delete: %s %s: %s", method, container_id, exc)
-    finally:
-        await client.close()
+                client = await asyncio.wait_for(Client.connect_unix(str(path)), _RPC_TIMEOUT)
+            except (TtrpcError, OSError, TimeoutError):
+                return
+            try:
+                await _kill_wait_delete(client, container_id)
+            finally:
+                await client.close()
+    except TimeoutError:
+        log.info("delete: daemon at %s did not finish %s in %ss", path, container_id,
+                 DAEMON_BUDGET_SECONDS)
+
+
+async def _kill_wait_delete(client, container_id: str) -> None:
+    from google.protobuf import empty_pb2
+    from shim.api.containerd import TASK_SERVICE, shim_pb2
+    from shim.ttrpc import TtrpcError
+
+    # Delete refuses a task that has not exited: Wait gives the kill its effect first (it
+    # answers at once for an exited task, NotFound for an unknown one).
+    for method, request, response in (
+            ("Kill", shim_pb2.KillRequest(id=container_id, signal=9, all=True), empty_pb2.Empty),
+            ("Wait", shim_pb2.WaitRequest(id=container_id), shim_pb2.WaitResponse),
+            ("Delete", shim_pb2.DeleteRequest(id=container_id), shim_pb2.DeleteResponse)):
+        try:
+            await client.call(TASK_SERVICE.full_name, method, request, response,
+                              timeout=_RPC_TIMEOUT)
+        except TtrpcError as exc:
+            log.info("delete: %s %s: %s", method, container_id, exc)
 
 
 def delete(args: ShimArgs, config_path: str) -> bytes:

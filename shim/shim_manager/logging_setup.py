@@ -48,7 +48,11 @@ def setup_logging(bundle: Path, level: int, component: str) -> None:
     try:
         fd = os.open(bundle / "log", os.O_WRONLY | os.O_NONBLOCK | os.O_CLOEXEC)
     except OSError:
-        return  # no fifo or no reader: stay silent (stdout/stderr are not ours to use)
+        # No fifo or no reader: stay silent. stdout/stderr are not ours to use (`start`'s are
+        # read as the address), and without a handler logging's last resort writes warnings
+        # to stderr.
+        root.addHandler(logging.NullHandler())
+        return
     handler = _FifoHandler(fd)
     handler.setFormatter(logging.Formatter(
         f'time="%(asctime)s" level=%(levelname)s msg="%(message)s" runtime=graft '

@@ -35,19 +35,29 @@ class ContainerKind(enum.Enum):
 
 
 def read_spec(bundle: Path) -> dict:
+    """The bundle's OCI spec; {} when there is none. ValueError when it is not an OCI spec."""
+    path = bundle / "config.json"
     try:
-        return json.loads((bundle / "config.json").read_text())
+        spec = json.loads(path.read_text())
     except FileNotFoundError:
         return {}
     except (OSError, ValueError) as exc:
-        raise ValueError(f"cannot read {bundle / 'config.json'}: {exc}") from exc
+        raise ValueError(f"cannot read {path}: {exc}") from exc
+    if not isinstance(spec, dict):
+        raise ValueError(f"{path} is not a JSON object")
+    if not isinstance(spec.get("annotations") or {}, dict):
+        raise ValueError(f"{path}: annotations is not an object")
+    return spec
 
 
 def bundle_info(container_id: str, spec: dict) -> BundleInfo:
     annotations = spec.get("annotations") or {}
     ctype = annotations.get(CONTAINER_TYPE, "")
+    sandbox = annotations.get(SANDBOX_ID, "")
+    if not isinstance(ctype, str) or not isinstance(sandbox, str):
+        raise ValueError(f"container {container_id}: {CONTAINER_TYPE} and {SANDBOX_ID} "
+                         "must be strings")
     if ctype == "container":
-        sandbox = annotations.get(SANDBOX_ID, "")
         if not sandbox:
             raise ValueError(f"container {container_id} has {CONTAINER_TYPE}=container "
                              f"but no {SANDBOX_ID} annotation")

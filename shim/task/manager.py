@@ -13,8 +13,9 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import re
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from google.protobuf import timestamp_pb2
@@ -35,6 +36,18 @@ UNKNOWN_EXIT = 255        # the process vanished with the VM: its real status is
 OUTPUT_DRAIN_SECONDS = 2.0
 EXEC_EXIT_GRACE_SECONDS = 2.0
 
+# Ids end up in host and guest paths: accept what containerd's identifiers package accepts
+# (letters, digits and inner [._-]), nothing that could climb out of a directory.
+_VALID_ID = re.compile(r"^[A-Za-z0-9]+(?:[._-][A-Za-z0-9]+)*$")
+_MAX_ID_LENGTH = 76
+
+
+def validate_id(value: str, what: str) -> None:
+    if not value:
+        raise InvalidArgument(f"{what} is empty")
+    if len(value) > _MAX_ID_LENGTH or not _VALID_ID.match(value):
+        raise InvalidArgument(f"{what} {value!r} is not a valid identifier")
+
 
 @dataclass
 class _Proc:
@@ -43,6 +56,7 @@ class _Proc:
     exec_json: bytes = b""   # an exec's OCI Process, sent to the agent at Start
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     monitor: asyncio.Task | None = None
+    pending_size: tuple[int, int] | None = None  # (width, height) asked before an exec started
 
 
 @dataclass
@@ -51,6 +65,7 @@ class _Container:
     mounts: list[Mount]
     init: _Proc
     execs: dict[str, _Proc] = field(default_factory=dict)
+    deleting: bool = False
 
 
 @dataclass(frozen=True)
@@ -122,10 +137,13 @@ class TaskManager:
         from shim.api.containerd import events_pb2, mount_pb2
 
         cid = req.container_id
+        validate_id(cid, "container id")
         if cid in self._containers or cid in self._creating:
             raise AlreadyExists(f"container {cid} already exists")
-        if not cid:
-            raise InvalidArgument("container id is empty")
+        if not req.bundle.is_absolute():
+            # A relative (or empty) bundle would resolve against the daemon's cwd: the
+            # bundle of whichever container started this shim.
+            raise InvalidArgument(f"bundle path {str(req.bundle)!r} is not absolute")
         try:
             spec = read_spec(req.bundle)
             info = bundle_info(cid, spec)
@@ -133,6 +151,7 @@ class TaskManager:
             raise InvalidArgument(str(exc)) from exc
         if not spec:
             raise InvalidArgument(f"{req.bundle}/config.json is missing")
+        validate_id(info.sandbox_id, "sandbox id")
         self._creating.add(cid)
         self.empty.clear()
         rootfs = req.bundle / "rootfs"
@@ -183,6 +202,11 @@ class TaskManager:
                     container_id, exec_id, proc.exec_json, proc.process.stdio)
                 proc.io.start()
                 proc.monitor = asyncio.ensure_future(self._monitor(proc, is_init=False))
+                if proc.pending_size is not None:
+                    try:
+                        await self._apply_size(proc, *proc.pending_size)
+                    except Exception as exc:  # cosmetic: the exec runs anyway
+                        log.info("initial resize of %s: %s", proc.process.name, exc)
             else:
                 await self._backend.start_container(container_id)
             proc.process.transition(State.RUNNING)
@@ -223,11 +247,16 @@ class TaskManager:
         container = self._containers.get(container_id)
         if container is None:
             return
-        running = [e.process.wait() for e in container.execs.values()
+        running = [asyncio.ensure_future(e.process.wait()) for e in container.execs.values()
                    if e.monitor is not None and e.process.exit_info is None]
-        if running:
-            await asyncio.wait([asyncio.ensure_future(w) for w in running],
-                               timeout=EXEC_EXIT_GRACE_SECONDS)
+        if not running:
+            return
+        try:
+            await asyncio.wait(running, timeout=EXEC_EXIT_GRACE_SECONDS)
+        finally:
+            for waiter in running:  # ours: never left pending
+                waiter.cancel()
+            await asyncio.gather(*running, return_exceptions=True)
 
     async def wait(self, container_id: str, exec_id: str) -> ExitInfo:
         return await self._proc(container_id, exec_id).process.wait()
@@ -247,28 +276,55 @@ class TaskManager:
         proc.process.transition(State.DELETED)
         del container.execs[exec_id]
         await proc.io.close()
+        # A never-started exec (its Start failed) has no monitor: wake its Wait callers.
+        proc.process.record_exit(ExitInfo(UNKNOWN_EXIT, time.time_ns()))
         return status
+
+    async def _end_exec(self, proc: _Proc) -> None:
+        """The container is going away: its exec ends now. Wait callers wake, and an exec
+        that was started gets its exit event (never one without a start)."""
+        from shim.api.containerd import events_pb2
+
+        if proc.monitor is not None:
+            proc.monitor.cancel()
+            await asyncio.gather(proc.monitor, return_exceptions=True)
+        await proc.io.close()
+        p = proc.process
+        async with proc.lock:
+            if p.exit_info is not None:
+                return
+            info = ExitInfo(UNKNOWN_EXIT, time.time_ns())
+            if p.state in (State.RUNNING, State.PAUSED):
+                self._events.publish(topics.TASK_EXIT, events_pb2.TaskExit(
+                    container_id=p.container_id, id=p.exec_id, pid=p.pid,
+                    exit_status=info.status, exited_at=_timestamp(info.exited_at_ns)))
+            p.record_exit(info)
 
     async def _delete_container(self, container_id: str) -> ProcessStatus:
         from shim.api.containerd import events_pb2
 
         container = self._container(container_id)
+        if container.deleting:
+            raise NotFound(f"container {container_id} is being deleted")
         init = container.init
         init.process.require(State.CREATED, State.STOPPED, action="delete")
-        if init.process.exit_info is None:  # created, never started: make it go away
-            try:
-                await self._backend.signal_process(container_id, "", 9, True)
-            except Exception as exc:
-                log.info("kill of created %s: %s", container_id, exc)
-            try:
-                await asyncio.wait_for(init.process.wait(), 10)
-            except TimeoutError:
-                log.warning("%s did not report its exit; deleting anyway", container_id)
-        for exec_proc in container.execs.values():
-            if exec_proc.monitor is not None:
-                exec_proc.monitor.cancel()
-            await exec_proc.io.close()
-        container.execs.clear()
+        container.deleting = True
+        try:
+            if init.process.exit_info is None:  # created, never started: make it go away
+                try:
+                    await self._backend.signal_process(container_id, "", 9, True)
+                except Exception as exc:
+                    log.info("kill of created %s: %s", container_id, exc)
+                try:
+                    await asyncio.wait_for(init.process.wait(), 10)
+                except TimeoutError:
+                    log.warning("%s did not report its exit; deleting anyway", container_id)
+            for exec_proc in list(container.execs.values()):
+                await self._end_exec(exec_proc)
+            container.execs.clear()
+        except BaseException:
+            container.deleting = False  # e.g. the caller hung up: a retry must still work
+            raise
         status = self._status(container, init)
         try:
             await self._backend.remove_container(container_id)
@@ -277,12 +333,16 @@ class TaskManager:
             if init.monitor is not None:
                 init.monitor.cancel()
                 await asyncio.gather(init.monitor, return_exceptions=True)
+            # No exit seen (it never reported one): Wait callers must still wake.
+            init.process.record_exit(ExitInfo(UNKNOWN_EXIT, time.time_ns()))
             await init.io.close()
             if container.mounts:
                 unmount_rootfs(container.config.rootfs)
             del self._containers[container_id]
             self._update_empty()
-        exit_info = status.exit or ExitInfo(UNKNOWN_EXIT, time.time_ns())
+        exit_info = init.process.exit_info
+        assert exit_info is not None
+        status = replace(status, exit=exit_info)
         self._events.publish(topics.TASK_DELETE, events_pb2.TaskDelete(
             container_id=container_id, pid=status.pid, exit_status=exit_info.status,
             exited_at=_timestamp(exit_info.exited_at_ns), id=container_id))
@@ -299,15 +359,19 @@ class TaskManager:
         from shim.api.containerd import events_pb2
 
         container = self._container(container_id)
-        if not exec_id:
-            raise InvalidArgument("exec id is empty")
+        validate_id(exec_id, "exec id")
         if exec_id in container.execs:
             raise AlreadyExists(f"exec {exec_id} already exists in container {container_id}")
+        if container.deleting:
+            raise FailedPrecondition(f"container {container_id} is being deleted")
         container.init.process.require(State.RUNNING, action="exec in")
         try:
-            json.loads(process_json)
+            process = json.loads(process_json)
         except ValueError as exc:
             raise InvalidArgument(f"exec {exec_id}: process spec is not JSON: {exc}") from exc
+        args = process.get("args") if isinstance(process, dict) else None
+        if not args or not isinstance(args, list):
+            raise InvalidArgument(f"exec {exec_id}: process spec has no args")
         io = ProcessIO(stdio, self._backend.streams(container_id, exec_id), container_id,
                        self._namespace)
         proc = _Proc(Process(container_id, exec_id, stdio), io, exec_json=process_json)
@@ -354,8 +418,18 @@ class TaskManager:
     async def resize_pty(self, container_id: str, exec_id: str, width: int, height: int) -> None:
         proc = self._proc(container_id, exec_id)
         if not proc.process.stdio.terminal:
-            raise FailedPrecondition(f"process {proc.process.name} has no terminal")
-        await self._backend.resize_pty(container_id, exec_id, rows=height, cols=width)
+            return  # as runc's shim: a process without a console ignores resizes
+        if proc.process.exit_info is not None:
+            raise FailedPrecondition(f"process {proc.process.name} has exited: cannot resize")
+        async with proc.lock:
+            if exec_id and proc.monitor is None:
+                proc.pending_size = (width, height)  # the guest knows the exec only once started
+                return
+            await self._apply_size(proc, width, height)
+
+    async def _apply_size(self, proc: _Proc, width: int, height: int) -> None:
+        p = proc.process
+        await self._backend.resize_pty(p.container_id, p.exec_id, rows=height, cols=width)
 
     async def update(self, container_id: str, resources_json: bytes) -> None:
         self._container(container_id).init.process.require(

@@ -32,6 +32,7 @@ from urllib.parse import parse_qsl, urlsplit
 log = logging.getLogger(__name__)
 
 STALL_SECONDS = 5.0
+STDIN_DRAIN_SECONDS = 5.0
 SHED_WAIT_SECONDS = 0.05
 LOGGER_READY_SECONDS = 10.0
 _CHUNK = 64 * 1024
@@ -185,6 +186,8 @@ class FifoSource:
     Opened O_RDONLY|O_NONBLOCK at once. A read() before any writer connected would return EOF,
     so we only read after epoll reports the fifo ready: that happens on data, or on hang-up
     once a writer has come and gone (a fifo that never had a writer reports nothing).
+    Once *closing* is set (CloseIO: the client sends nothing more), what is still buffered
+    in the fifo is returned, then EOF, even though the client may still hold its end open.
     """
 
     def __init__(self, path: str) -> None:
@@ -199,17 +202,27 @@ class FifoSource:
             return False
         return True
 
-    async def read(self) -> bytes:
-        """Next chunk; b"" at EOF (the client closed its end)."""
+    async def read(self, closing: asyncio.Event) -> bytes:
+        """Next chunk; b"" at EOF (the client closed its end, or *closing* and drained)."""
         assert self._fd is not None
         loop = asyncio.get_running_loop()
         while True:
+            if closing.is_set():
+                try:
+                    return os.read(self._fd, _CHUNK)
+                except BlockingIOError:
+                    return b""  # drained: nothing more is coming
             ready = loop.create_future()
             loop.add_reader(self._fd, lambda: ready.done() or ready.set_result(None))
+            closed = asyncio.ensure_future(closing.wait())
             try:
-                await ready
+                await asyncio.wait({ready, closed}, return_when=asyncio.FIRST_COMPLETED)
             finally:
                 loop.remove_reader(self._fd)
+                closed.cancel()
+                await asyncio.gather(closed, return_exceptions=True)
+            if not ready.done():
+                continue  # closing: drain on the next turn
             try:
                 return os.read(self._fd, _CHUNK)
             except BlockingIOError:
@@ -238,6 +251,7 @@ class ProcessIO:
         self._logger: asyncio.subprocess.Process | None = None
         self._output_tasks: list[asyncio.Task] = []
         self._stdin_task: asyncio.Task | None = None
+        self._stdin_closing = asyncio.Event()
         self._output_done = asyncio.Event()
         self._closed = False
 
@@ -351,7 +365,7 @@ class ProcessIO:
     async def _pump_in(self, source: FifoSource) -> None:
         try:
             if await source.open():
-                while data := await source.read():
+                while data := await source.read(self._stdin_closing):
                     view = memoryview(data)
                     while view:
                         view = view[await self._streams.write_stdin(bytes(view)):]
@@ -364,14 +378,25 @@ class ProcessIO:
             source.close()
 
     async def close_stdin(self) -> None:
-        """containerd's CloseIO: the client will send no more input."""
-        if self._stdin_task is not None:
-            self._stdin_task.cancel()
-            await asyncio.gather(self._stdin_task, return_exceptions=True)
-            self._stdin_task = None
-        if self._stdin is not None:
-            self._stdin.close()
-            self._stdin = None
+        """containerd's CloseIO: the client will send no more input.
+
+        ctr calls it as soon as its own stdin reaches EOF, possibly before we have read its
+        last bytes from the fifo: the pump forwards what is buffered, then closes the guest's
+        stdin. Before the process started, the pump does so once it starts.
+        """
+        if self._stdin is None or self._stdin_closing.is_set():
+            return
+        self._stdin_closing.set()
+        task = self._stdin_task
+        if task is None:
+            return  # not started: start() runs the pump, which drains and closes at once
+        try:
+            await asyncio.wait_for(asyncio.shield(task), STDIN_DRAIN_SECONDS)
+        except TimeoutError:
+            log.warning("%s: stdin still flowing %ss after CloseIO; closing it",
+                        self._container_id, STDIN_DRAIN_SECONDS)
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
             try:
                 await self._streams.close_stdin()
             except Exception as exc:

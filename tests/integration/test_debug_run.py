@@ -75,6 +75,16 @@ def test_stdin_round_trip(config_file: Path, busybox_rootfs: Path) -> None:
     assert res.stdout == payload
 
 
+def test_input_the_command_never_reads_is_not_an_error(config_file: Path,
+                                                      busybox_rootfs: Path) -> None:
+    """`true < big-file`: the command exits without reading; its status (0), not a graft
+    failure (125), is what we exit with."""
+    res = graft(config_file, "debug", "run", str(busybox_rootfs), "--", "true",
+                input=b"\0" * (8 << 20))
+    assert res.returncode == 0, res.stderr.decode()
+    assert b"error" not in res.stderr
+
+
 def test_tty_mode(config_file: Path, busybox_rootfs: Path) -> None:
     """With -t the container gets a terminal; output arrives on our pty."""
     master, slave = pty.openpty()
@@ -110,7 +120,8 @@ def test_missing_guest_image_is_a_clear_error(busybox_rootfs: Path, tmp_path: Pa
     cfg = tmp_path / "graft.toml"
     cfg.write_text(f'[guest]\nimage_dir = "{tmp_path / "nowhere"}"\n'
                    f'[runtime]\nstate_dir = "{tmp_path / "state"}"\n')
-    res = graft(cfg, "debug", "run", str(busybox_rootfs), "--", "true")
+    env = {k: v for k, v in os.environ.items() if k != "GRAFT_GUEST_DIR"}  # it beats the file
+    res = graft(cfg, "debug", "run", str(busybox_rootfs), "--", "true", env=env)
     assert res.returncode == 125
     assert b"graft guest build" in res.stderr
     assert b"Traceback" not in res.stderr

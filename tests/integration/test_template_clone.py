@@ -8,6 +8,7 @@ import hashlib
 import io
 import json
 import os
+import shutil
 import stat
 import time
 from pathlib import Path
@@ -15,16 +16,20 @@ from pathlib import Path
 import pytest
 import pytest_asyncio
 
+from shim.agent.client import AgentClient
 from shim.agent.streams import copy_output
 from shim.config import GraftConfig, parse_config
 from shim.factory import tmpfs
 from shim.factory.build import destroy_template, init_template
 from shim.factory.cli import run_factory
+from shim.factory.boot import make_hypervisor
 from shim.factory.template import find_usable_template
-from shim.hypervisor.base import HypervisorError
+from shim.hypervisor.base import FileBackedMemoryConfig, HypervisorError, VmPaths
 from shim.oci import default_spec
 from shim.sandbox.resources import PodResources
 from shim.sandbox.sandbox import Sandbox, read_boot_path
+from shim.sandbox.vm_config import hypervisor_config
+from shim.ttrpc import Client
 
 pytestmark = pytest.mark.vm
 
@@ -151,6 +156,33 @@ async def test_five_clones_at_once_have_distinct_random_bytes(
         assert len(set(samples)) == 5, samples  # pairwise different
     finally:
         await asyncio.gather(*(b.stop() for b in boxes))
+
+
+@pytest.mark.parametrize("connect_after_s", [0.0, 0.05, 0.2])
+async def test_first_health_check_of_a_clone_is_answered(config: GraftConfig, template,
+                                                         connect_after_s: float) -> None:
+    """Right after restore the agent ends the template's host session; a host that connects
+    while it does so must get its first request answered on that first connection (before
+    the agent kept its port open, a check sent 50 ms after resume was lost every time and
+    only the host's reconnect-on-timeout recovered)."""
+    tpl, _ = template
+    run_dir = config.state_dir / "sandboxes" / f"tpl-first-{int(connect_after_s * 1000)}"
+    paths = VmPaths(run_dir=run_dir, shared_dir=run_dir / "shared")
+    paths.shared_dir.mkdir(parents=True)
+    hv = hypervisor_config(config, FileBackedMemoryConfig(tpl.memory_file, shared=False))
+    vm = make_hypervisor(config, run_dir.name, hv, paths, None)
+    agent: AgentClient | None = None
+    try:
+        await vm.restore_vm(tpl.directory)
+        await vm.resume_vm()
+        await asyncio.sleep(connect_after_s)
+        agent = AgentClient(Client(*await vm.open_agent_stream()))
+        assert await agent.check(timeout=5)  # one connection, one request: no retry
+    finally:
+        if agent is not None:
+            await agent.close()
+        await vm.stop_vm()
+        shutil.rmtree(run_dir, ignore_errors=True)
 
 
 async def test_clone_clock_is_the_hosts_not_the_templates(

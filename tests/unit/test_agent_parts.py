@@ -13,6 +13,7 @@ from google.protobuf import wrappers_pb2
 
 from graft_agent import config as agent_config
 from graft_agent.cgroup import UNLIMITED, Cgroup
+from graft_agent import channel
 from graft_agent.channel import PortStreams, find_port, serve_port
 from graft_agent.errors import FailedPrecondition
 from graft_agent.iostreams import InputStream, OutputStream
@@ -310,6 +311,63 @@ async def test_ttrpc_over_a_character_device_and_hangup():
     with pytest.raises(asyncio.CancelledError):
         await serving
     os.close(slave)
+
+
+def test_waiting_for_the_host_keeps_bytes_already_buffered():
+    """POLLHUP with bytes buffered is usually the host that is just arriving (the guest driver
+    delivers its data before it processes that host's "port open"): they must not be dropped."""
+    r, w = os.pipe()
+    try:
+        os.write(w, b"first request")
+        os.close(w)
+        w = -1
+        assert not channel._host_connected(r)  # the pipe polls HUP, like a port without host
+        assert os.read(r, 100) == b"first request"
+    finally:
+        os.close(r)
+        if w >= 0:
+            os.close(w)
+
+
+@session_loop
+async def test_the_port_stays_open_from_one_session_to_the_next(monkeypatch):
+    """Closing a virtio port makes the driver discard what the host already sent, so
+    serve_port opens the port once and serves every session on duplicates of it."""
+    master, slave = os.openpty()
+    tty.setraw(slave)
+    path = os.ttyname(slave)
+    opened: list[int] = []
+    real_open = channel._open_port
+
+    def counting_open(p: str) -> int | None:
+        fd = real_open(p)
+        if fd is not None:
+            opened.append(fd)
+        return fd
+
+    monkeypatch.setattr(channel, "_open_port", counting_open)
+    sessions = 0
+    third = asyncio.Event()
+
+    async def serve_connection(reader, writer) -> None:
+        nonlocal sessions
+        sessions += 1
+        if sessions < 3:
+            return  # this session ends (as at a host hang-up)
+        third.set()
+        await asyncio.Event().wait()
+
+    serving = asyncio.ensure_future(serve_port(path, serve_connection))
+    try:
+        await asyncio.wait_for(third.wait(), 5)
+        assert len(opened) == 1
+        os.fstat(opened[0])  # still open while sessions came and went
+    finally:
+        serving.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await serving
+        os.close(master)
+        os.close(slave)
 
 
 def fake_memory_sysfs(root, blocks: dict[int, str], block_mib: int = 128):

@@ -66,3 +66,40 @@ async def test_without_attempt_timeout_one_check_waits_for_the_deadline(
     with pytest.raises(TimeoutError):
         await connect_agent(open_stream, loop.time() + 0.5)
     assert connections() == 1
+
+
+async def test_connect_errors_before_the_agent_listens_are_retried(tmp_path: Path) -> None:
+    """Under CLH the VMM closes a hybrid-vsock CONNECT while no guest process
+    listens on the port (HybridVsockError): that is "not yet", like a refused
+    unix socket, until the deadline, whose error then names the last failure."""
+    from shim.hypervisor.hybrid_vsock import HybridVsockError
+
+    server = Server()
+
+    async def check(_: pb.CheckRequest) -> pb.HealthCheckResponse:
+        return pb.HealthCheckResponse(status=pb.HealthCheckResponse.SERVING)
+    server.register(SERVICE_NAME, {"Check": (pb.CheckRequest, check)})
+    path = tmp_path / "agent.sock"
+    listener = await asyncio.start_unix_server(server.serve_connection, str(path))
+    failures = 0
+
+    async def open_stream():
+        nonlocal failures
+        if failures < 3:
+            failures += 1
+            raise HybridVsockError(f"{path}: closed before answering CONNECT 1024")
+        return await asyncio.open_unix_connection(str(path))
+
+    loop = asyncio.get_running_loop()
+    try:
+        client = await connect_agent(open_stream, loop.time() + 10)
+        assert failures == 3
+        await client.close()
+
+        async def never(): raise HybridVsockError("closed before answering CONNECT 1024")
+        with pytest.raises(TimeoutError, match="last connect error: closed before answering"):
+            await connect_agent(never, loop.time() + 0.2)
+    finally:
+        listener.close()
+        await listener.wait_closed()
+        await server.close()

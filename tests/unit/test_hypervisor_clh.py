@@ -6,6 +6,7 @@ schema and VM state machine. No VM runs."""
 from __future__ import annotations
 
 import asyncio
+import logging
 import json
 import os
 import signal
@@ -214,19 +215,36 @@ async def test_vmm_crash_is_reported_with_its_output(tmp_path: Path, fake_binary
     assert_cleaned(hv)
 
 
-async def test_kill9_is_noticed(tmp_path: Path, fake_binary: Path, boot_files: tuple[Path, Path]) -> None:
+async def test_kill9_is_noticed(tmp_path: Path, fake_binary: Path, boot_files: tuple[Path, Path],
+                                caplog: pytest.LogCaptureFixture) -> None:
     hv = CloudHypervisor("vm", make_config(fake_binary, boot_files), make_paths(tmp_path / "vm"))
     await hv.start_vm()
     try:
         pid = hv.pid
         assert pid is not None
-        os.kill(pid, signal.SIGKILL)
-        assert await asyncio.wait_for(hv.wait_exit(), 5) == -signal.SIGKILL
+        with caplog.at_level(logging.WARNING, logger="shim.hypervisor.supervised"):
+            os.kill(pid, signal.SIGKILL)
+            assert await asyncio.wait_for(hv.wait_exit(), 5) == -signal.SIGKILL
         assert hv.exited.is_set()
+        # The console log is deleted at teardown: its tail is logged when the exit happens.
+        warnings = [r.getMessage() for r in caplog.records]
+        assert any("exited unexpectedly (status -9)" in m and "fake guest booted" in m
+                   for m in warnings), warnings
         with pytest.raises(VmExited):
             await hv.pause_vm()
     finally:
         await hv.stop_vm()
+    assert_cleaned(hv)
+
+
+async def test_a_stop_we_asked_for_is_not_reported_as_unexpected(
+        tmp_path: Path, fake_binary: Path, boot_files: tuple[Path, Path],
+        caplog: pytest.LogCaptureFixture) -> None:
+    hv = CloudHypervisor("vm", make_config(fake_binary, boot_files), make_paths(tmp_path / "vm"))
+    await hv.start_vm()
+    with caplog.at_level(logging.WARNING, logger="shim.hypervisor.supervised"):
+        await hv.stop_vm()
+    assert not [r for r in caplog.records if "unexpectedly" in r.getMessage()]
     assert_cleaned(hv)
 
 

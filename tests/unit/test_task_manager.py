@@ -25,13 +25,17 @@ class FakeProcess:
     def __init__(self) -> None:
         self.exit: asyncio.Future[ExitInfo] = asyncio.get_running_loop().create_future()
         self.stdout: asyncio.Queue[tuple[bytes, bool]] = asyncio.Queue()
+        self.stderr: asyncio.Queue[tuple[bytes, bool]] = asyncio.Queue()
         self.stdin = bytearray()
         self.stdin_closed = False
 
-    def finish(self, status: int, output: bytes = b"") -> None:
+    def finish(self, status: int, output: bytes = b"", errors: bytes = b"") -> None:
         if output:
             self.stdout.put_nowait((output, False))
+        if errors:
+            self.stderr.put_nowait((errors, False))
         self.stdout.put_nowait((b"", True))
+        self.stderr.put_nowait((b"", True))
         self.exit.set_result(ExitInfo(status, time.time_ns()))
 
 
@@ -46,8 +50,7 @@ class FakeStreams:
         return await self._proc().stdout.get()
 
     async def read_stderr(self) -> tuple[bytes, bool]:
-        await self._proc().exit
-        return b"", True
+        return await self._proc().stderr.get()
 
     async def write_stdin(self, data: bytes) -> int:
         self._proc().stdin += data
@@ -62,12 +65,16 @@ class FakeBackend:
         self.procs: dict[tuple[str, str], FakeProcess] = {}
         self.calls: list[tuple] = []
         self.closed = False
+        self.fail_exec = False
+        self.create_gate: asyncio.Event | None = None  # set → create_container waits for it
 
     def proc(self, cid: str, eid: str = "") -> FakeProcess:
         return self.procs.setdefault((cid, eid), FakeProcess())
 
     async def create_container(self, config) -> int:
         self.calls.append(("create", config.id, config.kind.value))
+        if self.create_gate is not None:
+            await self.create_gate.wait()
         self.proc(config.id)
         return 4242
 
@@ -76,6 +83,8 @@ class FakeBackend:
 
     async def exec_process(self, cid, eid, process_json, stdio) -> int:
         self.calls.append(("exec", cid, eid, json.loads(process_json)["args"]))
+        if self.fail_exec:
+            raise OSError("exec failed in the guest")
         self.proc(cid, eid)
         return 4242
 
@@ -369,13 +378,14 @@ async def test_binary_uri_starts_a_logger(env, bundle, tmp_path):
     logger = tmp_path / "logger.sh"
     out = tmp_path / "logged"
     logger.write_text(f"#!/bin/sh\necho \"$CONTAINER_ID $CONTAINER_NAMESPACE $1 $2\" > {out}.env\n"
-                      f"exec 5>&-\ncat <&3 > {out}\n")
+                      f"exec 5>&-\ncat <&4 > {out}.err &\ncat <&3 > {out}\nwait\n")
     logger.chmod(0o755)
     uri = f"binary://{logger}?mode=test"
     await manager.create(CreateRequest("c1", bundle, [], StdioSpec(stdout=uri, stderr=uri)))
     await manager.start("c1", "")
-    backend.proc("c1").finish(0, b"via logger\n")
+    backend.proc("c1").finish(0, b"via logger\n", b"errors via logger\n")
     await manager.wait("c1", "")
     await manager.delete("c1", "")  # closes the pipes; the logger exits and is waited for
     assert out.read_bytes() == b"via logger\n"
+    assert (tmp_path / "logged.err").read_bytes() == b"errors via logger\n"
     assert (tmp_path / "logged.env").read_text().split() == ["c1", "test", "mode", "test"]
