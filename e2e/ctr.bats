@@ -11,6 +11,28 @@ setup_file() {
     export CONTAINERD_ADDRESS
 }
 
+REPO="$(cd "$BATS_TEST_DIRNAME/.." && pwd)"
+
+# Shim daemons of this containerd, and VMMs of one container id.
+shim_count() { pgrep -fc "shim.cli.shim_main .*-address $CONTAINERD_ADDRESS " || true; }
+vmm_count() { pgrep -fc "qemu-system.*/sandboxes/$1/" || true; }
+shim_socket() {
+    PYTHONPATH="$REPO" python3 -c 'import sys
+from shim.shim_manager.socket_address import socket_path
+print(socket_path(sys.argv[1], "default", sys.argv[2]))' "$CONTAINERD_ADDRESS" "$1"
+}
+# Nothing of container $1 is left: no shim of this containerd, VMM, socket or mount.
+assert_no_leftovers() {
+    for _ in $(seq 75); do
+        [ "$(shim_count)" -eq 0 ] && [ "$(vmm_count "$1")" -eq 0 ] && break
+        sleep 0.2
+    done
+    [ "$(shim_count)" -eq 0 ]
+    [ "$(vmm_count "$1")" -eq 0 ]
+    [ ! -e "$(shim_socket "$1")" ]
+    ! grep -q "/$1/" /proc/mounts
+}
+
 teardown_file() {
     "$BATS_TEST_DIRNAME/../hack/containerd/run.sh" purge "$CTRD_DIR"
 }
@@ -25,11 +47,28 @@ teardown_file() {
     run ctr run --rm --runtime "$RUNTIME" "$IMAGE" bats-hello echo hello
     [ "$status" -eq 0 ]
     [ "$output" = "hello" ]
+    assert_no_leftovers bats-hello
 }
 
 @test "graft: exit status is passed through" {
     run ctr run --rm --runtime "$RUNTIME" "$IMAGE" bats-exit sh -c 'exit 7'
     [ "$status" -eq 7 ]
+    assert_no_leftovers bats-exit
+}
+
+@test "graft: stdin reaches the container, all of it (CloseIO drains)" {
+    run sh -c "seq 1 300000 | ctr run --rm --runtime $RUNTIME $IMAGE bats-stdin wc -l"
+    [ "$status" -eq 0 ]
+    [ "$(echo "$output" | tr -d ' ')" = "300000" ]
+    assert_no_leftovers bats-stdin
+}
+
+@test "graft: ctr run -t gives the container a terminal" {
+    # script(1) provides the pty ctr -t needs.
+    run script -qec "ctr --address $CONTAINERD_ADDRESS run --rm -t --runtime $RUNTIME $IMAGE bats-tty sh -c 'tty; exit 3'" /dev/null
+    [ "$status" -eq 3 ]
+    [[ "$output" == *"/dev/pts/"* ]]
+    assert_no_leftovers bats-tty
 }
 
 @test "graft: exec into a running container, then kill it" {
@@ -43,6 +82,23 @@ teardown_file() {
         sleep 0.2
     done
     ctr task ls | grep -q 'bats-long.*STOPPED'
+    run ctr task kill -s SIGKILL bats-long
+    [ "$status" -ne 0 ]  # NotFound: it has exited
     ctr task rm bats-long
     ctr container rm bats-long
+    assert_no_leftovers bats-long
+}
+
+@test "graft: pause and resume the pod VM's container" {
+    ctr run -d --runtime "$RUNTIME" "$IMAGE" bats-pause sleep 1000
+    ctr task pause bats-pause
+    ctr task ls | grep -q 'bats-pause.*PAUSED'
+    ctr task resume bats-pause
+    ctr task ls | grep -q 'bats-pause.*RUNNING'
+    run ctr task exec --exec-id e1 bats-pause sh -c 'exit 5'
+    [ "$status" -eq 5 ]
+    ctr task kill -s SIGKILL bats-pause
+    ctr task rm -f bats-pause
+    ctr container rm bats-pause
+    assert_no_leftovers bats-pause
 }

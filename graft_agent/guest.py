@@ -132,8 +132,19 @@ def guest_details(default_runtime: str, started_at: float) -> dict:
         "memory_total_bytes": mem_total,
         "mem_block_size_bytes": memory_block_size(),
         "default_runtime": default_runtime,
-        "agent_uptime_s": time.monotonic() - started_at,
+        "agent_uptime_s": process_uptime(started_at),
     }
+
+
+def process_uptime(started_at: float) -> float:
+    """Seconds since this process started (python's own start-up included: the part of a
+    cold boot the agent is responsible for); `started_at` (monotonic) is the fallback."""
+    try:
+        fields = read_text("/proc/self/stat").rsplit(")", 1)[1].split()
+        start = int(fields[19]) / os.sysconf("SC_CLK_TCK")  # field 22: starttime, in ticks
+        return max(0.0, time.clock_gettime(time.CLOCK_BOOTTIME) - start)
+    except (IndexError, ValueError, OSError):
+        return time.monotonic() - started_at
 
 
 class Sandbox:

@@ -149,8 +149,9 @@ async def receive_terminal(console: ConsoleSocket, runtime_call: Awaitable[None]
     finally:
         if not receiving.done():
             receiving.cancel()
-            try:
-                await receiving
-            except BaseException:
-                pass
+            # asyncio.wait: the receiver's own outcome is not ours to raise, but a
+            # cancellation of *this* task still propagates.
+            await asyncio.wait([receiving])
+            if not receiving.cancelled() and receiving.exception() is None:
+                os.close(receiving.result())  # arrived just as we gave up on it
         console.close()

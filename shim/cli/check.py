@@ -31,7 +31,10 @@ def run_checks(config: GraftConfig) -> list[CheckResult]:
     from shim.sandbox.vm_config import GuestImageMissing, guest_image_paths
 
     results: list[CheckResult] = []
-    binary = config.get("hypervisor", "binary") or "qemu-system-x86_64"
+    from shim.factory.template import DEFAULT_BINARIES
+
+    kind = str(config.get("hypervisor", "kind"))
+    binary = config.get("hypervisor", "binary") or DEFAULT_BINARIES.get(kind, kind)
     path = shutil.which(binary)
     version = _version([path, "--version"]) if path else None
     results.append(CheckResult("hypervisor", bool(version),

@@ -106,10 +106,14 @@ class Daemon:
                 await asyncio.wait_for(asyncio.shield(background[0]), EVENT_DRAIN_SECONDS)
             except TimeoutError:
                 log.warning("events still queued at exit were dropped")
+            except Exception:
+                pass  # already logged by _background_ended
             for task in background:
                 task.cancel()
             await asyncio.gather(*background, return_exceptions=True)
             await server.close()
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                loop.remove_signal_handler(sig)
 
     def _background_ended(self, task: asyncio.Task) -> None:
         # Logged when it happens, not at exit; the pods keep running (CRI learns of exits

@@ -24,7 +24,7 @@ from shim import events as topics
 from shim.events import EventSink
 
 from .backend import ContainerConfig, PodBackend
-from .bundle import ContainerKind, bundle_info, read_spec
+from .bundle import bundle_info, read_spec
 from .errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
 from .process import ExitInfo, Process, State
 from .rootfs import Mount, mount_rootfs, unmount_rootfs

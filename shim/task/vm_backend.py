@@ -178,13 +178,17 @@ class VmBackend:
         if not self._guest(container_id):
             return await asyncio.shield(self._vm_exit)
         waiter = asyncio.ensure_future(self.agent.wait_process(container_id, exec_id))
-        done, _ = await asyncio.wait({waiter, self._vm_exit}, return_when=asyncio.FIRST_COMPLETED)
-        if waiter in done:
-            r = waiter.result()
-            return ExitInfo(r.exit_status, r.exited_at_ns or time.time_ns())
-        waiter.cancel()
-        await asyncio.gather(waiter, return_exceptions=True)
-        return ExitInfo(255, self._vm_exit.result().exited_at_ns)  # the VM died under it
+        try:
+            done, _ = await asyncio.wait({waiter, self._vm_exit},
+                                         return_when=asyncio.FIRST_COMPLETED)
+            if waiter in done:
+                r = waiter.result()
+                return ExitInfo(r.exit_status, r.exited_at_ns or time.time_ns())
+            return ExitInfo(255, self._vm_exit.result().exited_at_ns)  # the VM died under it
+        finally:  # also when our caller is cancelled: the agent call is ours to end
+            if not waiter.done():
+                waiter.cancel()
+                await asyncio.gather(waiter, return_exceptions=True)
 
     async def signal_process(self, container_id: str, exec_id: str, signal: int,
                              all: bool) -> None:
@@ -300,6 +304,7 @@ class VmBackend:
                 await asyncio.wait_for(asyncio.shield(self._vm_watch), 10)
             except TimeoutError:
                 self._vm_watch.cancel()
+                await asyncio.gather(self._vm_watch, return_exceptions=True)
         self._sandbox = None
         self._stop_task = None
 

@@ -83,6 +83,16 @@ def test_stdin_is_forwarded(containerd, vm_ready):
     _no_leftovers(containerd, shim_sockets())
 
 
+def test_large_stdin_arrives_whole(containerd, vm_ready):
+    """ctr sends CloseIO as soon as its stdin hits EOF, while its last bytes may still sit in
+    the fifo: they must still reach the container (CloseIO drains, it does not cut)."""
+    data = b"".join(b"%d\n" % i for i in range(300000))  # ~2 MB: many pipe buffers
+    done = containerd.ctr("run", "--rm", "--runtime", RUNTIME, IMAGE, "bigstdin", "wc", "-c",
+                          input=data)
+    assert int(done.stdout) == len(data)
+    _no_leftovers(containerd, shim_sockets())
+
+
 def test_detached_exec_kill_and_delete(containerd, vm_ready):
     before = shim_sockets()
     containerd.ctr("run", "-d", "--runtime", RUNTIME, IMAGE, "long", "sleep", "1000")

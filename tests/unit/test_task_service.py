@@ -204,13 +204,44 @@ async def test_shutdown_while_a_task_is_being_created_keeps_the_shim(client, tmp
     c, backend, stopped = client
     bundle = tmp_path / "b"
     (bundle / "rootfs").mkdir(parents=True)
-    (bundle / "config.json").write_text("{}")
+    (bundle / "config.json").write_text(json.dumps({"process": {"args": ["sh"]}}))
     backend.create_gate = asyncio.Event()  # the VM is still booting
     create = asyncio.ensure_future(c.call(SERVICE, "Create", pb.CreateTaskRequest(
         id="c1", bundle=str(bundle)), pb.CreateTaskResponse, timeout=5))
-    while not backend.calls:
+    for _ in range(200):
+        if backend.calls or create.done():
+            break
         await asyncio.sleep(0.01)
+    assert backend.calls == [("create", "c1", "single")]
     await c.call(SERVICE, "Shutdown", pb.ShutdownRequest(id="other"), empty_pb2.Empty, timeout=5)
     assert not stopped.is_set()
     backend.create_gate.set()
     assert (await create).pid == 4242
+
+
+async def test_bad_config_fails_create_naming_the_key(tmp_path):
+    """The real VM backend reads the config when the pod's VM is launched: a bad key is an
+    InvalidArgument that names it (containerd shows that message), and nothing is left."""
+    from shim.task.vm_backend import VmBackend
+
+    config = tmp_path / "graft.toml"
+    config.write_text('[hypervisor]\nmemory_mib = "lots"\n')
+    manager = TaskManager(VmBackend(str(config)), RecordingSink(), "test")
+    server = Server()
+    server.register_service(TASK_SERVICE, TaskService(manager, lambda: None))
+    await server.serve_unix(str(tmp_path / "s.sock"))
+    c = await Client.connect_unix(str(tmp_path / "s.sock"))
+    bundle = tmp_path / "b"
+    (bundle / "rootfs").mkdir(parents=True)
+    (bundle / "config.json").write_text(json.dumps({"process": {"args": ["true"]}}))
+    try:
+        with pytest.raises(TtrpcError) as err:
+            await c.call(SERVICE, "Create", pb.CreateTaskRequest(id="c1", bundle=str(bundle)),
+                         pb.CreateTaskResponse, timeout=5)
+        assert err.value.code == Code.INVALID_ARGUMENT
+        assert "[hypervisor] memory_mib" in err.value.message
+        assert manager.empty.is_set() and not manager.container_ids
+    finally:
+        await c.close()
+        await server.close()
+        await manager.close()
