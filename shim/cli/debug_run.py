@@ -10,6 +10,7 @@ import logging
 import os
 import secrets
 import signal
+import sys
 import termios
 import threading
 import tty
@@ -25,6 +26,7 @@ from shim.sandbox.sandbox import Sandbox
 log = logging.getLogger(__name__)
 
 CONTAINER_ID = "main"
+INTERRUPTED_STATUS = 130  # as a shell reports a command stopped by Ctrl-C
 FORWARDED_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT)
 
 
@@ -66,13 +68,20 @@ def _stdin_chunks(fd: int) -> AsyncIterator[bytes]:
 
 
 def _fd_sink(fd: int):
+    """Write to a host fd. Once its reader is gone (`| head -1`), further
+    output is dropped: the container runs on and its status still counts."""
+    reader_gone = False
+
     async def sink(data: bytes) -> None:
+        nonlocal reader_gone
         view = memoryview(data)
-        while view:
+        while view and not reader_gone:
             try:
                 view = view[os.write(fd, view):]
             except BlockingIOError:
                 await asyncio.sleep(0.01)
+            except BrokenPipeError:
+                reader_gone = True
     return sink
 
 
@@ -113,6 +122,10 @@ class _SignalRequests:
         await asyncio.gather(*self._tasks, return_exceptions=True)
 
 
+class LaunchInterrupted(Exception):
+    """A signal arrived before the container started; everything was removed."""
+
+
 async def run_in_vm(config: GraftConfig, request: DebugRunRequest) -> int:
     if not request.rootfs.is_dir():
         raise FileNotFoundError(f"rootfs {request.rootfs} is not a directory")
@@ -120,7 +133,19 @@ async def run_in_vm(config: GraftConfig, request: DebugRunRequest) -> int:
     sandbox_id = f"debug-{secrets.token_hex(6)}"
     spec = default_spec(list(request.command), terminal=request.terminal,
                         env=list(request.env), cwd=request.cwd)
-    sandbox = await Sandbox.launch(sandbox_id, config)
+    # Until the container exists, a signal aborts the launch (which cleans up
+    # after itself); from then on signals are forwarded to the container.
+    launching = asyncio.current_task()
+    assert launching is not None
+    for signum in FORWARDED_SIGNALS:
+        loop.add_signal_handler(signum, lambda s=signum: launching.cancel(f"signal {s}"))
+    try:
+        sandbox = await Sandbox.launch(sandbox_id, config)
+    except asyncio.CancelledError:
+        raise LaunchInterrupted("interrupted while the VM was starting") from None
+    finally:
+        for signum in FORWARDED_SIGNALS:
+            loop.remove_signal_handler(signum)
     requests = _SignalRequests()
     try:
         agent = sandbox.agent
@@ -158,7 +183,11 @@ async def run_in_vm(config: GraftConfig, request: DebugRunRequest) -> int:
 
 
 def debug_run(config: GraftConfig, request: DebugRunRequest) -> int:
-    return asyncio.run(run_in_vm(config, request))
+    try:
+        return asyncio.run(run_in_vm(config, request))
+    except LaunchInterrupted as exc:
+        print(f"graft: {exc}", file=sys.stderr)
+        return INTERRUPTED_STATUS
 
 
-__all__ = ["DebugRunRequest", "debug_run", "run_in_vm"]
+__all__ = ["DebugRunRequest", "LaunchInterrupted", "debug_run", "run_in_vm"]

@@ -186,3 +186,25 @@ def test_killed_owner_takes_qemu_with_it(config_file: Path, busybox_rootfs: Path
     for sandbox_id in left:
         cleanup_sandbox_leftovers(graft_config, sandbox_id)
     assert_nothing_left(graft_config.state_dir)
+
+
+def test_signal_during_launch_aborts_and_cleans_up(config_file: Path, busybox_rootfs: Path,
+                                                   graft_config: GraftConfig) -> None:
+    proc = _start(config_file, busybox_rootfs, "echo should-not-run")
+    # Wait until the VM is being launched, then interrupt before the container starts.
+    deadline = time.monotonic() + 30
+    while not qemu_children_of_nobody(graft_config.state_dir) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    proc.send_signal(15)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err.decode()
+    assert b"should-not-run" not in out
+    assert b"interrupted" in err
+    assert_nothing_left(graft_config.state_dir)
+
+
+def test_closed_stdout_does_not_change_the_status(config_file: Path, busybox_rootfs: Path) -> None:
+    proc = _start(config_file, busybox_rootfs, "yes | head -c 2000000; exit 7")
+    assert proc.stdout.read(10) == b"y\ny\ny\ny\ny\n"
+    proc.stdout.close()  # our reader goes away, like `| head -1`
+    assert proc.wait(120) == 7, proc.stderr.read().decode()
