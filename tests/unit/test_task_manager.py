@@ -130,14 +130,6 @@ class FakeBackend:
 
 
 @pytest.fixture
-def bundle(tmp_path: Path) -> Path:
-    b = tmp_path / "bundle"
-    (b / "rootfs").mkdir(parents=True)
-    (b / "config.json").write_text(json.dumps({"ociVersion": "1.0.2", "process": {"args": ["sh"]}}))
-    return b
-
-
-@pytest.fixture
 async def env():
     backend, sink = FakeBackend(), RecordingSink()
     manager = TaskManager(backend, sink, "test")
