@@ -109,26 +109,26 @@ async def bench(base: GraftConfig, runs: int, clones: int, rootfs: Path,
         cold_boot, cold_wall, warm_boot, warm_wall = [], [], [], []
         pss_cold = pss_alone = 0.0
         # Interleaved so that load from other work on the host hits both alike.
+        async def sample(cfg, name: str, restored: bool, boots: list, walls: list,
+                         measure_pss: bool) -> float:
+            box, boot, wall = await launch(cfg, name)
+            boxes.append(box)
+            if box.boot_path.restored != restored:
+                raise RuntimeError(f"{name}: unexpected boot path: {box.boot_path.describe()}")
+            boots.append(boot)
+            walls.append(wall)
+            pss = 0.0
+            if measure_pss:
+                await light_use(box, rootfs)
+                pss = pss_mib(box)
+            await box.stop()
+            return pss
+
         for i in range(runs):
-            box, boot, wall = await launch(cold_cfg, f"bench-cold-{i}")
-            boxes.append(box)
-            assert not box.boot_path.restored
-            cold_boot.append(boot)
-            cold_wall.append(wall)
-            if i == 0:
-                await light_use(box, rootfs)
-                pss_cold = pss_mib(box)
-            await box.stop()
-            box, boot, wall = await launch(warm_cfg, f"bench-warm-{i}")
-            boxes.append(box)
-            if not box.boot_path.restored:
-                raise RuntimeError(f"clone was not restored: {box.boot_path.describe()}")
-            warm_boot.append(boot)
-            warm_wall.append(wall)
-            if i == 0:
-                await light_use(box, rootfs)
-                pss_alone = pss_mib(box)
-            await box.stop()
+            pss = await sample(cold_cfg, f"bench-cold-{i}", False, cold_boot, cold_wall, i == 0)
+            pss_cold = pss or pss_cold
+            pss = await sample(warm_cfg, f"bench-warm-{i}", True, warm_boot, warm_wall, i == 0)
+            pss_alone = pss or pss_alone
         result["cold_boot_s"] = summary(cold_boot)
         result["restore_s"] = summary(warm_boot)
         result["cold_launch_wall_s"] = summary(cold_wall)

@@ -121,11 +121,16 @@ class Client:
         }
 
 
-def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def base_parser(description: str) -> tuple[argparse.ArgumentParser, argparse._SubParsersAction]:
+    """Options every CRI client script takes; subcommands are added by the caller."""
+    p = argparse.ArgumentParser(description=description)
     p.add_argument("--address", default=os.environ.get("CONTAINERD_ADDRESS", ""))
     p.add_argument("--state", default=os.environ.get("CRI_CLIENT_STATE", ""))
-    sub = p.add_subparsers(dest="command", required=True)
+    return p, p.add_subparsers(dest="command", required=True)
+
+
+def _parser() -> argparse.ArgumentParser:
+    p, sub = base_parser(__doc__.splitlines()[0])
     run = sub.add_parser("run-pod")
     run.add_argument("name")
     run.add_argument("--handler", default="graft")

@@ -13,7 +13,6 @@
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 import uuid
 from pathlib import Path
@@ -23,7 +22,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import grpc  # noqa: E402
 from cri_api.v1 import api_pb2 as cri  # noqa: E402
 
-from cri_client import RPC_TIMEOUT, Client  # noqa: E402
+from cri_client import RPC_TIMEOUT, Client, base_parser  # noqa: E402
 
 CPU_PERIOD_US = 100_000  # kubelet's CFS period
 
@@ -55,10 +54,7 @@ class SizedPodClient(Client):
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--address", default=os.environ.get("CONTAINERD_ADDRESS", ""))
-    p.add_argument("--state", default=os.environ.get("CRI_CLIENT_STATE", ""))
-    sub = p.add_subparsers(dest="command", required=True)
+    p, sub = base_parser(__doc__.splitlines()[0])
     run = sub.add_parser("run-sized-pod")
     run.add_argument("name")
     run.add_argument("--handler", default="graft")

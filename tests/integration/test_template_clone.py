@@ -4,7 +4,6 @@ never write the template's memory."""
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import io
 import json
 import os
@@ -18,10 +17,11 @@ import pytest_asyncio
 
 from shim.agent.client import AgentClient
 from shim.agent.streams import copy_output
-from shim.config import GraftConfig, parse_config
+from shim.config import GraftConfig
 from shim.factory import tmpfs
 from shim.factory.build import destroy_template, init_template
 from shim.factory.cli import run_factory
+from shim.factory.digests import sha256_file
 from shim.factory.boot import make_hypervisor
 from shim.factory.template import find_usable_template
 from shim.hypervisor.base import FileBackedMemoryConfig, HypervisorError, VmPaths
@@ -31,27 +31,12 @@ from shim.sandbox.sandbox import Sandbox, read_boot_path
 from shim.sandbox.vm_config import hypervisor_config
 from shim.ttrpc import Client
 
+from template_support import factory_config  # same directory (pytest puts it on sys.path)
+
 pytestmark = pytest.mark.vm
 
 MIB = 1 << 20
 CLOCK_TEMPLATE_AGE_S = 20  # stands for "a template saved minutes ago"
-
-
-def factory_config(base: GraftConfig, template_path: Path, **hypervisor) -> GraftConfig:
-    data: dict = {}
-    for (section, name), value in base.values.items():
-        data.setdefault(section, {})[name] = value
-    data["factory"] = {"enable_template": True, "template_path": str(template_path)}
-    data["hypervisor"].update(hypervisor)
-    return parse_config(data)
-
-
-def sha256_of(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(1 << 20):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 async def run_in(box: Sandbox, cid: str, rootfs: Path, args: list[str]) -> tuple[int, bytes]:
@@ -83,7 +68,7 @@ def config(graft_config: GraftConfig) -> GraftConfig:
 async def template(config: GraftConfig):
     result = await init_template(config)
     assert result.built
-    memory_digest = sha256_of(result.template.memory_file)
+    memory_digest = sha256_file(result.template.memory_file)
     yield result.template, memory_digest
     destroy_template(config)
 
@@ -271,7 +256,7 @@ async def test_template_memory_is_unchanged_after_clones(config: GraftConfig,
     tpl, digest_after_build = template
     # Clones above ran containers, i.e. dirtied guest RAM: all of it went to
     # their private copies, none to the file.
-    assert sha256_of(tpl.memory_file) == digest_after_build
+    assert sha256_file(tpl.memory_file) == digest_after_build
     assert find_usable_template(config).directory == tpl.directory
     assert not any(name.startswith("tpl-") for name in os.listdir(config.state_dir / "sandboxes"))
 

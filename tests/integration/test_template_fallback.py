@@ -13,23 +13,16 @@ from pathlib import Path
 import pytest
 import pytest_asyncio
 
-from shim.config import GraftConfig, parse_config
+from shim.config import GraftConfig
 from shim.factory import tmpfs
 from shim.factory.build import destroy_template, init_template
 from shim.factory.cli import run_factory
 from shim.factory.digests import sha256_file
 from shim.sandbox.sandbox import Sandbox, read_boot_path
 
+from template_support import factory_config  # same directory (pytest puts it on sys.path)
+
 pytestmark = pytest.mark.vm
-
-
-def factory_config(base: GraftConfig, template_path: Path, **hypervisor) -> GraftConfig:
-    data: dict = {}
-    for (section, name), value in base.values.items():
-        data.setdefault(section, {})[name] = value
-    data["factory"] = {"enable_template": True, "template_path": str(template_path)}
-    data["hypervisor"].update(hypervisor)
-    return parse_config(data)
 
 
 @pytest.fixture(scope="module")

@@ -14,3 +14,18 @@ def bundle(tmp_path: Path) -> Path:
     (b / "rootfs").mkdir(parents=True)
     (b / "config.json").write_text(json.dumps({"ociVersion": "1.0.2", "process": {"args": ["sh"]}}))
     return b
+
+
+@pytest.fixture(scope="module")
+def agent_process(tmp_path_factory: pytest.TempPathFactory):
+    """The guest agent running on the host (crun, isolated namespaces), one per
+    module; it must exit cleanly and leave nothing behind."""
+    from agent_harness import AgentProcess  # same directory (pytest puts it on sys.path)
+
+    agent = AgentProcess(tmp_path_factory.mktemp("agent"))
+    agent.start()
+    yield agent
+    rc = agent.stop()
+    leftovers = agent.leftovers()
+    assert rc == 0, agent.log()
+    assert not leftovers, f"{leftovers}\n{agent.log()}"

@@ -22,16 +22,6 @@ pytestmark = [
 ]
 
 
-@pytest.fixture(scope="module")
-def agent_process(tmp_path_factory):
-    agent = AgentProcess(tmp_path_factory.mktemp("agent"))
-    agent.start()
-    yield agent
-    rc = agent.stop()
-    assert rc == 0, agent.log()
-    assert not agent.leftovers(), agent.log()
-
-
 @pytest_asyncio.fixture
 async def agent(agent_process):
     client = await AgentClient.connect(agent_process)
