@@ -18,8 +18,8 @@ from shim.agent.client import AgentClient, connect_agent
 from shim.config import GraftConfig
 from shim.hypervisor.base import (FileBackedMemoryConfig, Hypervisor, HypervisorConfig,
                                   HypervisorError, VmPaths)
-from shim.sandbox.resources import PodResources
-from shim.sandbox.vm_config import hypervisor_config
+from shim.vmconfig.pod_resources import PodResources
+from shim.vmconfig.hypervisor_config import hypervisor_config
 
 from .sizing import VmSize, fit_to_request
 

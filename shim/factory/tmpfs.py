@@ -12,7 +12,7 @@ import errno
 import os
 from pathlib import Path
 
-from shim.sandbox.mounts import _unescape
+from shim.mounts import _unescape
 
 MS_REMOUNT = 0x20
 MS_NOSUID = 0x2

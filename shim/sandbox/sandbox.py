@@ -28,8 +28,8 @@ from shim.hypervisor.base import Hypervisor, NetworkDevice, VmPaths
 from shim.network import (NoPodInterface, PodEndpoint, agent_interface, agent_routes,
                           attach_endpoint, detach_endpoint)
 from shim.sandbox import boot_metrics
-from shim.sandbox.mounts import bind_mount, unmount_all_under
-from shim.sandbox.resources import PodResources
+from shim.mounts import bind_mount, unmount_all_under
+from shim.vmconfig.pod_resources import PodResources
 
 log = logging.getLogger(__name__)
 

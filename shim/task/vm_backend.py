@@ -21,7 +21,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from shim.agent.client import AgentClient
-from shim.sandbox.mounts import bind_mount, mounts_under, unmount_all_under
+from shim.mounts import bind_mount, mounts_under, unmount_all_under
 from shim.sandbox.sandbox import GUEST_SHARE_MOUNT
 from shim.ttrpc import Code, TtrpcError
 
@@ -96,7 +96,7 @@ class VmBackend:
 
     async def _launch(self, config: ContainerConfig) -> None:
         from shim.config import load_config
-        from shim.sandbox.resources import requested_resources
+        from shim.vmconfig.pod_resources import requested_resources
         from shim.sandbox.sandbox import Sandbox
 
         graft_config = load_config(self._config_path or None)

@@ -26,9 +26,9 @@ from shim.factory.boot import make_hypervisor
 from shim.factory.template import find_usable_template
 from shim.hypervisor.base import FileBackedMemoryConfig, HypervisorError, VmPaths
 from shim.oci import default_spec
-from shim.sandbox.resources import PodResources
+from shim.vmconfig.pod_resources import PodResources
 from shim.sandbox.sandbox import Sandbox, read_boot_path
-from shim.sandbox.vm_config import hypervisor_config
+from shim.vmconfig.hypervisor_config import hypervisor_config
 from shim.ttrpc import Client
 
 from template_support import factory_config  # same directory (pytest puts it on sys.path)

@@ -12,7 +12,7 @@ from shim.config import parse_config
 from shim.errors import (AlreadyExists, FailedPrecondition, InvalidArgument, NotFound,
                          describe_failure, to_ttrpc_error)
 from shim.oci import default_spec
-from shim.sandbox import mounts
+from shim import mounts
 from shim.sandbox.sandbox import InvalidSandboxId, cleanup_sandbox_leftovers, sandbox_dir
 from shim.ttrpc import Code, TtrpcError
 
