@@ -180,11 +180,12 @@ def test_killed_owner_takes_qemu_with_it(config_file: Path, busybox_rootfs: Path
     assert qemu_children_of_nobody(graft_config.state_dir) == []
     # What a dead owner leaves (mounts, run dir) is removed by the cleanup the
     # shim's `delete` also uses.
-    from shim.sandbox.sandbox import cleanup_sandbox_leftovers, list_sandboxes
+    from shim.sandbox.state import cleanup_leftovers, list_sandboxes
     left = list_sandboxes(graft_config)
     assert left, "the killed owner's sandbox dir should still be there to clean"
-    for sandbox_id in left:
-        cleanup_sandbox_leftovers(graft_config, sandbox_id)
+    for entry in left:
+        assert entry.ref is not None
+        cleanup_leftovers(graft_config, entry.ref)
     assert_nothing_left(graft_config.state_dir)
 
 
