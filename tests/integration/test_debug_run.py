@@ -116,10 +116,11 @@ def test_tty_mode(config_file: Path, busybox_rootfs: Path) -> None:
     assert "done" in text
 
 
-def test_missing_guest_image_is_a_clear_error(busybox_rootfs: Path, tmp_path: Path) -> None:
+def test_missing_guest_image_is_a_clear_error(busybox_rootfs: Path, tmp_path: Path,
+                                              vm_state_dir: Path) -> None:
     cfg = tmp_path / "graft.toml"
     cfg.write_text(f'[guest]\nimage_dir = "{tmp_path / "nowhere"}"\n'
-                   f'[runtime]\nstate_dir = "{tmp_path / "state"}"\n')
+                   f'[runtime]\nstate_dir = "{vm_state_dir / "no-image"}"\n')
     env = {k: v for k, v in os.environ.items() if k != "GRAFT_GUEST_DIR"}  # it beats the file
     res = graft(cfg, "debug", "run", str(busybox_rootfs), "--", "true", env=env)
     assert res.returncode == 125
