@@ -78,10 +78,18 @@ def test_sandbox_start_hands_off_to_the_fork_server(tmp_path: Path) -> None:
         time.sleep(0.05)
     assert os.path.exists(server), "start did not leave a fork server behind"
     second = _start(shim, tmp_path, "pod2")
-    daemons = {" ".join(p.info["cmdline"] or []): p for p in psutil.process_iter(["cmdline"])}
-    titles = set(daemons)
-    pod2 = next(p for t, p in daemons.items()
-                if t.startswith("containerd-shim-graft-v2 -namespace unit -id pod2 "))
+    deadline = time.monotonic() + 10
+    while True:  # a daemon names itself right after it is forked
+        daemons = {" ".join(p.info["cmdline"] or []): p
+                   for p in psutil.process_iter(["cmdline"])}
+        titles = set(daemons)
+        pod2 = [p for t, p in daemons.items()
+                if t.startswith("containerd-shim-graft-v2 -namespace unit -id pod2 ")]
+        if pod2 and any(" -id pod1 " in t for t in titles) or time.monotonic() > deadline:
+            break
+        time.sleep(0.02)
+    assert pod2, titles
+    pod2 = pod2[0]
     # Forked by the fork server (double fork: not a session leader), not by `start` itself.
     assert os.getsid(pod2.pid) != pod2.pid
     for name, path in (("pod1", first), ("pod2", second)):
