@@ -16,6 +16,8 @@ from .payload import Prefix
 from .record import InstallRecord
 
 DEFAULT_NODE_LABEL = "graft.io/runtime=true"
+# Files graft's runtime keeps in its state dir besides directories (shim/factory/build.py).
+RUNTIME_FILES = ("factory.lock",)
 
 
 @dataclass
@@ -247,6 +249,8 @@ def remove(opts: Options) -> None:
         remove_empty_dirs(config.parent, s.host.path(s.prefix.root).parent)
     payload.remove_files(s.host, s.prefix, record.python_runtime, record.guest_image)
     if paths is not None:
+        for name in RUNTIME_FILES:
+            s.host.path(PurePosixPath(paths[0]) / name).unlink(missing_ok=True)
         for node_dir in (paths[1], paths[0]):
             _remove_empty_tree(s.host.path(node_dir))
     s.record_path.unlink()
