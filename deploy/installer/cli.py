@@ -50,15 +50,15 @@ HELP = {
 }
 
 
-def _env_default(name: str, default: object) -> object:
-    raw = os.environ.get(ENV_PREFIX + name.upper())
+def _env_default(option: str, default: object) -> object:
+    raw = os.environ.get(ENV_PREFIX + option.upper())
     if raw is None:
         return default
     if isinstance(default, bool):
         return raw.strip().lower() in ("1", "true", "yes", "on")
     if isinstance(default, list):
         return shlex.split(raw)
-    if name == "containerd_config_version":
+    if option == "containerd_config_version":
         return int(raw)
     return raw
 
@@ -69,9 +69,10 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--wait", action="store_true",
                    help="install: then wait for SIGTERM (the DaemonSet's main process)")
     for f in fields(Options):
-        flag = "--" + ("set" if f.name == "settings" else f.name.replace("_", "-"))
+        option = "set" if f.name == "settings" else f.name  # --set, GRAFT_DEPLOY_SET
+        flag = "--" + option.replace("_", "-")
         default = f.default_factory() if callable(f.default_factory) else f.default
-        default = _env_default(f.name, default)
+        default = _env_default(option, default)
         if f.name == "settings":
             p.add_argument(flag, dest=f.name, action="append", default=default, help=HELP[f.name])
         elif isinstance(f.default, bool):
