@@ -98,7 +98,10 @@ def install(opts: Options) -> None:
                        check=False)
     if check.returncode != 0:
         raise InstallError(f"the node is not ready for graft:\n{check.stdout.strip()}")
-    s.record.shim_link = str(PurePosixPath(opts.shim_dir) / payload.SHIM_NAME)
+    link_node = str(PurePosixPath(opts.shim_dir) / payload.SHIM_NAME)
+    if s.record.shim_link not in ("", link_node):  # --shim-dir changed since the last install
+        payload.unlink_shim(s.host, s.prefix, s.record.shim_link)
+    s.record.shim_link = link_node
     s.save()
     link, changed = payload.link_shim(s.host, s.prefix, opts.shim_dir)
     if changed:
@@ -245,8 +248,7 @@ def remove(opts: Options) -> None:
     if record.shim_link:
         payload.unlink_shim(s.host, s.prefix, record.shim_link)
     if config is not None:
-        config.unlink(missing_ok=True)
-        remove_empty_dirs(config.parent, s.host.path(s.prefix.root).parent)
+        config.unlink(missing_ok=True)  # its directory goes with the prefix when inside it
     payload.remove_files(s.host, s.prefix, record.python_runtime, record.guest_image)
     if paths is not None:
         for name in RUNTIME_FILES:

@@ -28,12 +28,17 @@ def _cmdlines() -> dict[int, list[str]]:
     return out
 
 
-def vmm_pids(state_dir: Path, sandbox_id: str) -> list[int]:
-    """VMM processes of one sandbox (their command line names its run dir)."""
-    marker = f"{state_dir}/sandboxes/{sandbox_id}/"
+def vmm_pids_under(directory: Path | str) -> list[int]:
+    """VMM processes whose command line names a path under *directory*."""
+    marker = f"{directory}/"
     return [pid for pid, argv in _cmdlines().items()
             if argv[0].rsplit("/", 1)[-1].startswith(("qemu-system", "cloud-hypervisor"))
             and any(marker in arg for arg in argv)]
+
+
+def vmm_pids(state_dir: Path, sandbox_id: str) -> list[int]:
+    """VMM processes of one sandbox (their command line names its run dir)."""
+    return vmm_pids_under(f"{state_dir}/sandboxes/{sandbox_id}")
 
 
 def shim_pids(address: str, container_id: str | None = None) -> list[int]:

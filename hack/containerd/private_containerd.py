@@ -397,7 +397,7 @@ def stop(d: Layout) -> None:
     if d.ip_forward.exists():
         Path("/proc/sys/net/ipv4/ip_forward").write_text(d.ip_forward.read_text())
         d.ip_forward.unlink()
-    _unmount_under(d.base)
+    unmount_under(d.base)
 
 
 def _gone(pid: int) -> bool:
@@ -413,7 +413,8 @@ def _gone(pid: int) -> bool:
         return True
 
 
-def _unmount_under(base: Path) -> None:
+def unmount_under(base: Path) -> None:
+    """Lazily unmount everything mounted at or below *base*, deepest first."""
     points = []
     with open("/proc/self/mountinfo") as f:
         for line in f:

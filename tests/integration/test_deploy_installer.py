@@ -31,7 +31,7 @@ sys.path.insert(0, str(ROOT / "e2e"))
 
 import compat  # noqa: E402
 import private_containerd  # noqa: E402
-from leaks import PodLeaks, mount_points, shim_pids  # noqa: E402
+from leaks import PodLeaks, mount_points, shim_pids, vmm_pids_under  # noqa: E402
 from testing import (GUEST_DIR, Containerd, containerd_missing, skip_or_fail,  # noqa: E402
                      vm_missing)
 
@@ -126,9 +126,7 @@ def node(request):
 def _teardown(layout: private_containerd.Layout, state_dir: Path) -> None:
     """After a failed test: stop everything, unmount the template, drop the state dir."""
     private_containerd.purge(layout)
-    for point in sorted(mount_points(), key=len, reverse=True):
-        if point == str(state_dir) or point.startswith(f"{state_dir}/"):
-            subprocess.run(["umount", "-l", point], capture_output=True)
+    private_containerd.unmount_under(state_dir)
     shutil.rmtree(state_dir, ignore_errors=True)
 
 
@@ -160,14 +158,7 @@ def _leftovers(node: Node) -> list[str]:
     found += [f"{p} in the shim dir" for p in node.layout.bin.iterdir()]
     found += [f"mount {p}" for p in mount_points() if p.startswith(str(node.state_dir))]
     found += [f"shim pid {pid}" for pid in shim_pids(node.containerd.address)]
-    for entry in Path("/proc").iterdir():
-        try:
-            argv = (entry / "cmdline").read_bytes()
-        except OSError:
-            continue
-        if argv.startswith(b"qemu-system") or b"/qemu-system" in argv.split(b"\0")[0]:
-            if str(node.state_dir).encode() in argv:
-                found.append(f"VM pid {entry.name}")
+    found += [f"VM pid {pid}" for pid in vmm_pids_under(node.state_dir)]
     return found
 
 
