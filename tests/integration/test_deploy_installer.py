@@ -31,7 +31,7 @@ sys.path.insert(0, str(ROOT / "e2e"))
 
 import compat  # noqa: E402
 import private_containerd  # noqa: E402
-from leaks import PodLeaks, mount_points, shim_pids, vmm_pids_under  # noqa: E402
+from leaks import PodLeaks, mount_points, shim_pids, vmm_pids  # noqa: E402
 from testing import (GUEST_DIR, Containerd, containerd_missing, skip_or_fail,  # noqa: E402
                      vm_missing)
 
@@ -158,7 +158,7 @@ def _leftovers(node: Node) -> list[str]:
     found += [f"{p} in the shim dir" for p in node.layout.bin.iterdir()]
     found += [f"mount {p}" for p in mount_points() if p.startswith(str(node.state_dir))]
     found += [f"shim pid {pid}" for pid in shim_pids(node.containerd.address)]
-    found += [f"VM pid {pid}" for pid in vmm_pids_under(node.state_dir)]
+    found += [f"VM pid {pid}" for pid in vmm_pids(node.state_dir)]  # pods' and the template's
     return found
 
 
