@@ -266,9 +266,9 @@ def _refuse_live_sandboxes(s: Session, state_dir: str) -> None:
     sandboxes = s.host.path(state_dir) / "sandboxes"
     found = sorted(p.name for p in sandboxes.iterdir()) if sandboxes.is_dir() else []
     if found and not s.opts.force:
-        raise InstallError(f"{len(found)} graft sandbox(es) still on this node "
-                           f"({', '.join(found[:5])}): delete the graft pods first, or pass "
-                           "--force to remove graft from under them")
+        raise InstallError(f"{len(found)} graft sandbox(es) still on this node (`graft "
+                           "status` lists them): delete the graft pods first, or pass --force "
+                           "to remove graft from under them")
 
 
 def _remove_empty_tree(top: Path) -> None:
