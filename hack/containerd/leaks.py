@@ -87,13 +87,13 @@ class PodLeaks:
     """What one graft pod (VM) may leave on the host."""
 
     def __init__(self, containerd, sandbox_id: str, namespace: str, container_ids: list[str],
-                 netns: Path | None = None) -> None:
+                 netns: Path | None = None, state_dir: Path | None = None) -> None:
         self.containerd = containerd
         self.sandbox_id = sandbox_id
         self.namespace = namespace
         self.container_ids = container_ids
         self.netns = netns
-        self.state_dir = load_config(containerd.layout.graft_config).state_dir
+        self.state_dir = state_dir or load_config(containerd.layout.graft_config).state_dir
 
     @property
     def run_dir(self) -> Path:

@@ -17,17 +17,25 @@ from pathlib import Path
 GRAFT_ROOT = Path(__file__).resolve().parents[2]
 
 
-def render_launcher(python: str | None = None, paths: list[str] | None = None) -> str:
+def render_launcher(python: str | None = None, paths: list[str] | None = None,
+                    env_defaults: dict[str, str] | None = None) -> str:
+    """The launcher's text. paths: sys.path entries ahead of the stdlib (default: this
+    checkout and the interpreter's site-packages); env_defaults: environment variables it
+    sets unless containerd's environment has them (e.g. GRAFT_CONFIG)."""
     python = python or sys.executable
     if paths is None:
         site = sysconfig.get_paths()
         paths = list(dict.fromkeys([str(GRAFT_ROOT), site["purelib"], site["platlib"]]))
-    return (f"#!{python} -IS\n"  # one shebang argument: the flags combined
-            "# containerd-shim-graft-v2 (written by shim/cli/launcher.py; do not edit)\n"
-            "import sys\n"
-            f"sys.path[:0] = {paths!r}\n"
-            "from shim.cli.shim_main import main\n"
-            "sys.exit(main())\n")
+    lines = [f"#!{python} -IS",  # one shebang argument: the flags combined
+             "# containerd-shim-graft-v2 (written by shim/cli/launcher.py; do not edit)",
+             "import sys",
+             f"sys.path[:0] = {paths!r}",
+             "sys.dont_write_bytecode = True"]
+    if env_defaults:
+        lines += ["import os"] + [f"os.environ.setdefault({k!r}, {v!r})"
+                                  for k, v in sorted(env_defaults.items())]
+    lines += ["from shim.cli.shim_main import main", "sys.exit(main())"]
+    return "\n".join(lines) + "\n"
 
 
 def write_launcher(target: Path, python: str | None = None,
