@@ -94,8 +94,13 @@ def test_wrappers_name_node_paths(tmp_path):
     assert payload.write_wrappers(host, prefix, "/opt/graft/python/bin/python3",
                                   "/opt/graft/etc/configuration.toml")
     shim = host.path(prefix.wrapper("containerd-shim-graft-v2")).read_text()
-    assert "PYTHONPATH=/opt/graft/lib/python" in shim and str(tmp_path) not in shim
-    assert "exec /opt/graft/python/bin/python3 -s -m shim.cli.shim_main \"$@\"" in shim
+    # the shim is the lean launcher: isolated interpreter, graft's lib first, no shell
+    assert shim.startswith("#!/opt/graft/python/bin/python3 -IS\n")
+    assert "sys.path[:0] = ['/opt/graft/lib/python']" in shim and str(tmp_path) not in shim
+    assert "os.environ.setdefault('GRAFT_CONFIG', '/opt/graft/etc/configuration.toml')" in shim
+    cli = host.path(prefix.wrapper("graft")).read_text()
+    assert "PYTHONPATH=/opt/graft/lib/python" in cli
+    assert "exec /opt/graft/python/bin/python3 -s -m shim.cli.graft_main \"$@\"" in cli
     assert not payload.write_wrappers(host, prefix, "/opt/graft/python/bin/python3",
                                       "/opt/graft/etc/configuration.toml")
 
