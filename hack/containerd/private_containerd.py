@@ -7,6 +7,9 @@
 
 Runtime handlers: `graft` (io.containerd.graft.v2, our shim via DIR/bin on containerd's PATH,
 options ConfigPath = DIR/graft.toml) and `runc` (default, for comparison).
+`start(..., sandboxer="shim")` (containerd 2.x only) writes a version 3 configuration whose
+graft handler has `sandboxer = "shim"`: pods are then created through the shim's Sandbox API,
+with no pause container.
 Images (built locally from busybox-static, no registry needed): graft.local/busybox:latest
 and graft.local/pause:latest (the CRI sandbox image), imported into `default` and `k8s.io`.
 """
@@ -51,6 +54,7 @@ class Layout:
         self.ip_forward = self.base / "ip_forward.orig"
         self.network_file = self.base / "network.json"
         self.containerd_bin_file = self.base / "containerd-bin"
+        self.sandboxer_file = self.base / "sandboxer"
 
     @property
     def containerd_bin(self) -> Path | None:
@@ -59,6 +63,14 @@ class Layout:
             return Path(self.containerd_bin_file.read_text().strip())
         except FileNotFoundError:
             return None
+
+    @property
+    def sandboxer(self) -> str:
+        """The graft handler's sandbox controller ("" = containerd's default, podsandbox)."""
+        try:
+            return self.sandboxer_file.read_text().strip()
+        except FileNotFoundError:
+            return ""
 
     def tool(self, name: str) -> str:
         """containerd or ctr: from containerd_bin if set, else from PATH."""
@@ -93,9 +105,8 @@ def _choose_network(d: Layout) -> PodNetwork:
 
 # -- configuration ---------------------------------------------------------------------------------
 
-def _containerd_config(d: Layout) -> str:
-    cri = 'plugins."io.containerd.grpc.v1.cri"'
-    return f'''version = 2
+def _header(d: Layout, version: int) -> str:
+    return f'''version = {version}
 root = "{d.base}/root"
 state = "{d.base}/state"
 
@@ -108,25 +119,45 @@ state = "{d.base}/state"
 
 [plugins."io.containerd.internal.v1.opt"]
   path = "{d.base}/opt"
+'''
 
-[{cri}]
+
+def _cri_runtime(d: Layout, table: str, sandboxer: str = "", sandbox_image: str = "") -> str:
+    """The CRI runtime keys graft's tests need, under *table* (the CRI plugin's table in a
+    version 2 configuration, the runtime plugin's in version 3)."""
+    runtimes = f"{table}.containerd.runtimes"
+    sandboxer_line = f'\n      sandboxer = "{sandboxer}"' if sandboxer else ""
+    image_line = f'\n  sandbox_image = "{sandbox_image}"' if sandbox_image else ""
+    return f'''
+[{table}]{image_line}
   restrict_oom_score_adj = true
-  sandbox_image = "{PAUSE_IMAGE}"
   netns_mounts_under_state_dir = true
-  [{cri}.cni]
+  [{table}.cni]
     bin_dir = "/usr/lib/cni"
     conf_dir = "{d.cni_conf}"
     max_conf_num = 1
-  [{cri}.containerd]
+  [{table}.containerd]
     default_runtime_name = "runc"
-    [{cri}.containerd.runtimes.runc]
+    [{runtimes}.runc]
       runtime_type = "io.containerd.runc.v2"
-    [{cri}.containerd.runtimes.graft]
-      runtime_type = "io.containerd.graft.v2"
+    [{runtimes}.graft]
+      runtime_type = "io.containerd.graft.v2"{sandboxer_line}
       pod_annotations = ["io.graft.*"]
-      [{cri}.containerd.runtimes.graft.options]
+      [{runtimes}.graft.options]
         ConfigPath = "{d.graft_config}"
 '''
+
+
+def _containerd_config(d: Layout) -> str:
+    if d.sandboxer:  # containerd 2.x names: the CRI plugin is split in images and runtime
+        return (_header(d, 3) + _cri_runtime(d, "plugins.'io.containerd.cri.v1.runtime'",
+                                             d.sandboxer)
+                + f'''
+[plugins.'io.containerd.cri.v1.images'.pinned_images]
+  sandbox = "{PAUSE_IMAGE}"
+''')
+    return _header(d, 2) + _cri_runtime(d, 'plugins."io.containerd.grpc.v1.cri"',
+                                        sandbox_image=PAUSE_IMAGE)
 
 
 def _cni_config(d: Layout) -> str:
@@ -261,11 +292,14 @@ def env_vars(d: Layout) -> dict[str, str]:
                if d.network_file.exists() else {})}
 
 
-def start(d: Layout, timeout: float = 30.0, containerd_bin: Path | None = None) -> None:
+def start(d: Layout, timeout: float = 30.0, containerd_bin: Path | None = None,
+          sandboxer: str = "") -> None:
     if _running_pid(d):
         return
     if containerd_bin is not None:
         d.containerd_bin_file.write_text(str(containerd_bin))
+    if sandboxer:
+        d.sandboxer_file.write_text(sandboxer)
     for sub in (d.bin, d.cni_conf, d.cni_ipam):
         sub.mkdir(parents=True, exist_ok=True)
     shim = d.bin / "containerd-shim-graft-v2"
