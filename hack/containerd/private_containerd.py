@@ -128,6 +128,12 @@ def _cri_runtime(d: Layout, table: str, sandboxer: str = "", sandbox_image: str 
     runtimes = f"{table}.containerd.runtimes"
     sandboxer_line = f'\n      sandboxer = "{sandboxer}"' if sandboxer else ""
     image_line = f'\n  sandbox_image = "{sandbox_image}"' if sandbox_image else ""
+    # containerd 2.1 with a shim sandboxer fails StartContainer when the handler has options
+    # of a type other than runc's ("can't unmarshal type runtimeoptions.v1.Options", fixed
+    # upstream after 2.1): the shim then finds its config through $GRAFT_CONFIG (see launch).
+    options = "" if sandboxer else f'''
+      [{runtimes}.graft.options]
+        ConfigPath = "{d.graft_config}"'''
     return f'''
 [{table}]{image_line}
   restrict_oom_score_adj = true
@@ -142,9 +148,7 @@ def _cri_runtime(d: Layout, table: str, sandboxer: str = "", sandbox_image: str 
       runtime_type = "io.containerd.runc.v2"
     [{runtimes}.graft]
       runtime_type = "io.containerd.graft.v2"{sandboxer_line}
-      pod_annotations = ["io.graft.*"]
-      [{runtimes}.graft.options]
-        ConfigPath = "{d.graft_config}"
+      pod_annotations = ["io.graft.*"]{options}
 '''
 
 
@@ -320,6 +324,8 @@ def launch(d: Layout, timeout: float = 30.0) -> int:
     """Run containerd on the existing configuration and wait until it answers (also used to
     restart it with the same directories: running shims are then reconnected)."""
     env = dict(os.environ, PATH=f"{d.bin}:{os.environ.get('PATH', PATH_DIRS)}")
+    if d.sandboxer:  # no runtime options then (see _cri_runtime): the shim inherits this
+        env["GRAFT_CONFIG"] = str(d.graft_config)
     with open(d.log, "ab") as log:
         proc = subprocess.Popen([d.tool("containerd"), "--config", str(d.config)],
                                 stdin=subprocess.DEVNULL,
