@@ -15,7 +15,7 @@ from google.protobuf.message import Message
 from shim.api import cri_pod_config
 from shim.api.containerd import metrics_pb2, platform_pb2, sandbox_pb2 as pb
 from shim.rpc_edge import rpc_edge, timestamp
-from shim.sandbox.resources import CRI_CPU_PERIOD, CRI_CPU_QUOTA, CRI_MEMORY, requested_resources
+from shim.vmconfig.pod_resources import CRI_CPU_PERIOD, CRI_CPU_QUOTA, CRI_MEMORY, requested_resources
 from shim.task.backend import PodVm
 from shim.task.errors import InvalidArgument, Unimplemented
 from shim.task.sandbox_controller import CRI_STATE, SandboxController, SandboxRequest

@@ -8,7 +8,7 @@ from typing import Protocol
 
 from google.protobuf.message import Message
 
-from shim.sandbox.resources import PodResources
+from shim.vmconfig.pod_resources import PodResources
 
 from .bundle import ContainerKind
 from .process import ExitInfo

@@ -15,7 +15,7 @@ from google.protobuf import any_pb2, empty_pb2
 from shim.api import cri_pod_config
 from shim.api.containerd import (SANDBOX_SERVICE, TASK_SERVICE, cgroups_v2_pb2, mount_pb2,
                                  sandbox_pb2 as pb, shim_pb2)
-from shim.sandbox.resources import PodResources
+from shim.vmconfig.pod_resources import PodResources
 from shim.sandbox_service import SandboxService
 from shim.shim_manager.args import Action, ShimArgs
 from shim.shim_manager.daemon import Daemon
