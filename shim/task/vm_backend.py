@@ -112,6 +112,7 @@ class VmBackend:
     # -- lifecycle ------------------------------------------------------------------------------
 
     async def launch_pod(self, pod: PodVm) -> int:
+        self.timeline.mark(f"{pod.sandbox_id} StartSandbox")  # the Sandbox API's pod start
         await self._launch(pod)
         return self._pid
 
