@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import platform
-import socket
 import time
 from pathlib import Path
 
@@ -23,7 +22,8 @@ from shim.task.process import ExitInfo
 from shim.task.sandbox_controller import SandboxController
 from shim.ttrpc import Client, Code, Server, TtrpcError
 
-from test_task_manager import FakeBackend  # same directory (pytest puts it on sys.path)
+from test_shim_daemon import _listener  # same directory (pytest puts it on sys.path)
+from test_task_manager import FakeBackend
 
 SERVICE = SANDBOX_SERVICE.full_name
 SANDBOX_ID = "sb1"
@@ -295,14 +295,6 @@ def test_pod_config_fields_match_the_cri_api():
 
 
 # -- the daemon: a Sandbox API pod outlives its containers -------------------------------------
-
-def _listener(path: Path) -> socket.socket:
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    sock.bind(str(path))
-    sock.listen(16)
-    sock.setblocking(False)
-    return sock
-
 
 async def test_daemon_serves_both_apis_and_exits_on_shutdown_sandbox(tmp_path, monkeypatch):
     containerd = tmp_path / "containerd.sock"
