@@ -1,4 +1,4 @@
-"""containerd.runtime.sandbox.v1.Sandbox over ttrpc: protobuf ↔ domain translation, errors → codes.
+"""containerd.runtime.sandbox.v1.Sandbox over ttrpc: protobuf ↔ domain, errors → codes.
 
 Served beside the task API on the shim's socket for containerd 2.x's `sandboxer = "shim"`.
 Nothing here decides anything: the rules live in shim/task/sandbox_controller.py.
@@ -15,10 +15,20 @@ from google.protobuf.message import Message
 from shim.api import cri_pod_config
 from shim.api.containerd import metrics_pb2, platform_pb2, sandbox_pb2 as pb
 from shim.rpc_edge import rpc_edge, timestamp
-from shim.vmconfig.pod_resources import CRI_CPU_PERIOD, CRI_CPU_QUOTA, CRI_MEMORY, requested_resources
 from shim.task.backend import PodVm
 from shim.task.errors import InvalidArgument, Unimplemented
-from shim.task.sandbox_controller import CRI_STATE, SandboxController, SandboxRequest
+from shim.task.sandbox_controller import SandboxController, SandboxState
+from shim.vmconfig.pod_resources import (CRI_CPU_PERIOD, CRI_CPU_QUOTA, CRI_MEMORY,
+                                         requested_resources)
+
+
+# The strings containerd's CRI puts into PodSandboxStatus.state (as its own controller does).
+_CRI_STATE = {
+    SandboxState.CREATED: "SANDBOX_UNKNOWN",
+    SandboxState.STARTING: "SANDBOX_UNKNOWN",
+    SandboxState.READY: "SANDBOX_READY",
+    SandboxState.STOPPED: "SANDBOX_NOTREADY",
+}
 
 
 def _sizing_annotations(config: Message | None) -> dict[str, str]:
@@ -31,24 +41,19 @@ def _sizing_annotations(config: Message | None) -> dict[str, str]:
             CRI_MEMORY: str(r.memory_limit_in_bytes)}
 
 
-def sandbox_request(req: pb.CreateSandboxRequest) -> SandboxRequest:
-    """CreateSandboxRequest → the domain's request (InvalidArgument for what cannot be used)."""
+def pod_vm(req: pb.CreateSandboxRequest) -> PodVm:
+    """CreateSandboxRequest → the pod VM it asks for (the bundle holds nothing graft needs:
+    containerd writes no config.json for a shim sandbox)."""
     if req.rootfs:
         raise Unimplemented("a sandbox rootfs is not supported: the pod VM boots graft's guest")
-    bundle = Path(req.bundle_path)
-    if not bundle.is_absolute():
-        raise InvalidArgument(f"bundle path {req.bundle_path!r} is not absolute")
     try:
         config = cri_pod_config.unpack(req.options)
     except ValueError as exc:
         raise InvalidArgument(str(exc)) from exc
-    pod = PodVm(sandbox_id=req.sandbox_id,
-                netns=Path(req.netns_path) if req.netns_path else None,
-                hostname=config.hostname if config is not None else "",
-                resources=requested_resources({"annotations": _sizing_annotations(config)}))
-    annotations = dict(config.annotations) if config is not None else {}
-    annotations.update(req.annotations)
-    return SandboxRequest(pod=pod, bundle=bundle, annotations=annotations)
+    return PodVm(sandbox_id=req.sandbox_id,
+                 netns=Path(req.netns_path) if req.netns_path else None,
+                 hostname=config.hostname if config is not None else "",
+                 resources=requested_resources({"annotations": _sizing_annotations(config)}))
 
 
 def _any(message: Message) -> any_pb2.Any:
@@ -65,7 +70,7 @@ class SandboxService:
 
     @rpc_edge
     async def CreateSandbox(self, req: pb.CreateSandboxRequest) -> pb.CreateSandboxResponse:
-        await self._controller.create(sandbox_request(req))
+        await self._controller.create(pod_vm(req))
         return pb.CreateSandboxResponse()
 
     @rpc_edge
@@ -94,7 +99,7 @@ class SandboxService:
     async def SandboxStatus(self, req: pb.SandboxStatusRequest) -> pb.SandboxStatusResponse:
         status = self._controller.status(req.sandbox_id, req.verbose)
         response = pb.SandboxStatusResponse(
-            sandbox_id=status.sandbox_id, pid=status.pid, state=CRI_STATE[status.state],
+            sandbox_id=status.sandbox_id, pid=status.pid, state=_CRI_STATE[status.state],
             info=status.info, created_at=timestamp(status.created_at_ns))
         if status.exit is not None:
             response.exited_at.CopyFrom(timestamp(status.exit.exited_at_ns))

@@ -67,7 +67,8 @@ class Daemon:
         sandboxes = SandboxController(backend, self.args.id)
 
         def on_task_shutdown() -> None:
-            if not sandboxes.active:  # else the pod outlives its containers: ShutdownSandbox ends it
+            # A Sandbox API pod outlives its containers: ShutdownSandbox ends it.
+            if not sandboxes.active:
                 self.request_stop()
 
         server = Server()

@@ -18,8 +18,7 @@ import enum
 import logging
 import platform
 import time
-from dataclasses import dataclass, field
-from pathlib import Path
+from dataclasses import dataclass
 
 from google.protobuf.message import Message
 
@@ -40,23 +39,6 @@ class SandboxState(enum.Enum):
     STARTING = "starting"  # the VM is booting
     READY = "ready"        # the VM runs
     STOPPED = "stopped"    # the VM is gone (stopped or exited) or never came
-
-
-# The strings containerd's CRI puts into PodSandboxStatus.state (as its own controller does).
-CRI_STATE = {
-    SandboxState.CREATED: "SANDBOX_UNKNOWN",
-    SandboxState.STARTING: "SANDBOX_UNKNOWN",
-    SandboxState.READY: "SANDBOX_READY",
-    SandboxState.STOPPED: "SANDBOX_NOTREADY",
-}
-
-
-@dataclass(frozen=True)
-class SandboxRequest:
-    """CreateSandbox, translated."""
-    pod: PodVm
-    bundle: Path
-    annotations: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -88,7 +70,7 @@ def guest_platform() -> Platform:
 
 @dataclass
 class _Sandbox:
-    request: SandboxRequest
+    pod: PodVm
     created_at_ns: int
     exited: asyncio.Future[ExitInfo]
     state: SandboxState = SandboxState.CREATED
@@ -110,24 +92,24 @@ class SandboxController:
         return self._sandbox is not None and not self._shut_down
 
     def _get(self, sandbox_id: str) -> _Sandbox:
-        if self._sandbox is None or self._sandbox.request.pod.sandbox_id != sandbox_id:
+        if self._sandbox is None or self._sandbox.pod.sandbox_id != sandbox_id:
             raise NotFound(f"sandbox {sandbox_id} not found")
         return self._sandbox
 
-    async def create(self, request: SandboxRequest) -> None:
-        sandbox_id = request.pod.sandbox_id
+    async def create(self, pod: PodVm) -> None:
+        sandbox_id = pod.sandbox_id
         validate_id(sandbox_id, "sandbox id")
         if sandbox_id != self._shim_id:
-            raise InvalidArgument(f"sandbox {sandbox_id}: this shim was started for {self._shim_id}")
+            raise InvalidArgument(f"sandbox {sandbox_id}: this shim was started for "
+                                  f"{self._shim_id}")
         if self._sandbox is not None:
             raise AlreadyExists(f"sandbox {sandbox_id} already exists")
         if self._shut_down:
             raise FailedPrecondition("this shim is shutting down")
-        if request.pod.netns is not None and not request.pod.netns.exists():
-            raise InvalidArgument(f"sandbox {sandbox_id}: netns {request.pod.netns} does not exist")
-        self._sandbox = _Sandbox(request, time.time_ns(),
-                                 asyncio.get_running_loop().create_future())
-        log.info("sandbox %s created (netns %s)", sandbox_id, request.pod.netns)
+        if pod.netns is not None and not pod.netns.exists():
+            raise InvalidArgument(f"sandbox {sandbox_id}: netns {pod.netns} does not exist")
+        self._sandbox = _Sandbox(pod, time.time_ns(), asyncio.get_running_loop().create_future())
+        log.info("sandbox %s created (netns %s)", sandbox_id, pod.netns)
 
     async def start(self, sandbox_id: str) -> tuple[int, int]:
         """Boot the VM. → (pid, created_at_ns)."""
@@ -138,7 +120,7 @@ class SandboxController:
                                          "not created")
             sandbox.state = SandboxState.STARTING
             try:
-                sandbox.pid = await self._backend.launch_pod(sandbox.request.pod)
+                sandbox.pid = await self._backend.launch_pod(sandbox.pod)
             except BaseException:
                 sandbox.state = SandboxState.STOPPED
                 self._end(sandbox, ExitInfo(NEVER_STARTED_EXIT, time.time_ns()))
@@ -152,10 +134,10 @@ class SandboxController:
             info = await self._backend.wait_pod()
         except Exception as exc:
             log.warning("sandbox %s: waiting for its VM failed: %s",
-                        sandbox.request.pod.sandbox_id, exc)
+                        sandbox.pod.sandbox_id, exc)
             info = ExitInfo(UNKNOWN_EXIT, time.time_ns())
         sandbox.state = SandboxState.STOPPED
-        log.info("sandbox %s: its VM exited (%s)", sandbox.request.pod.sandbox_id, info.status)
+        log.info("sandbox %s: its VM exited (%s)", sandbox.pod.sandbox_id, info.status)
         self._end(sandbox, info)
 
     @staticmethod
@@ -179,7 +161,7 @@ class SandboxController:
                 await asyncio.wait_for(asyncio.shield(sandbox.exited), EXIT_RECORD_SECONDS)
             except TimeoutError:
                 log.warning("sandbox %s: the VM's exit was not seen after stopping it",
-                            sandbox.request.pod.sandbox_id)
+                            sandbox.pod.sandbox_id)
                 self._end(sandbox, ExitInfo(UNKNOWN_EXIT, time.time_ns()))
         sandbox.state = SandboxState.STOPPED
         self._end(sandbox, ExitInfo(NEVER_STARTED_EXIT, time.time_ns()))

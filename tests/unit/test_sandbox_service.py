@@ -198,8 +198,6 @@ async def test_bad_create_requests_get_clear_codes(sandbox_api):
          Code.INVALID_ARGUMENT),
         (pb.CreateSandboxRequest(sandbox_id="../x", bundle_path=str(tmp_path)),
          Code.INVALID_ARGUMENT),
-        (pb.CreateSandboxRequest(sandbox_id=SANDBOX_ID, bundle_path="relative"),
-         Code.INVALID_ARGUMENT),
         (pb.CreateSandboxRequest(sandbox_id=SANDBOX_ID, bundle_path=str(tmp_path),
                                  netns_path=str(tmp_path / "no-such-netns")),
          Code.INVALID_ARGUMENT),
@@ -277,11 +275,12 @@ def test_pod_config_fields_match_the_cri_api():
         metadata=cri.PodSandboxMetadata(name="web", uid="u1", namespace="ns", attempt=3),
         hostname="web-0", log_directory="/var/log/pods/x", labels={"app": "web"},
         annotations={"io.graft.a": "b"}, dns_config=cri.DNSConfig(servers=["10.0.0.10"]),
-        linux=cri.LinuxPodSandboxConfig(cgroup_parent="/kubepods", resources=cri.LinuxContainerResources(
-            cpu_period=100000, cpu_quota=250000, cpu_shares=512,
-            memory_limit_in_bytes=1 << 30)))
-    got = cri_pod_config.unpack(any_pb2.Any(type_url=f"type.googleapis.com/{cri_pod_config.TYPE_NAME}",
-                                            value=sent.SerializeToString()))
+        linux=cri.LinuxPodSandboxConfig(
+            cgroup_parent="/kubepods", resources=cri.LinuxContainerResources(
+                cpu_period=100000, cpu_quota=250000, cpu_shares=512,
+                memory_limit_in_bytes=1 << 30)))
+    got = cri_pod_config.unpack(any_pb2.Any(
+        type_url=f"type.googleapis.com/{cri_pod_config.TYPE_NAME}", value=sent.SerializeToString()))
     assert (got.metadata.name, got.metadata.uid, got.metadata.namespace, got.metadata.attempt) == \
         ("web", "u1", "ns", 3)
     assert (got.hostname, got.log_directory) == ("web-0", "/var/log/pods/x")
