@@ -22,7 +22,7 @@ from shim.task.process import ExitInfo
 from shim.task.sandbox_controller import SandboxController
 from shim.ttrpc import Client, Code, Server, TtrpcError
 
-from test_shim_daemon import _listener  # same directory (pytest puts it on sys.path)
+from test_shim_daemon import _listener, end_daemon  # same directory (pytest puts it on sys.path)
 from test_task_manager import FakeBackend
 
 SERVICE = SANDBOX_SERVICE.full_name
@@ -321,9 +321,6 @@ async def test_daemon_serves_both_apis_and_exits_on_shutdown_sandbox(tmp_path, m
                    pb.ShutdownSandboxRequest(sandbox_id=SANDBOX_ID), pb.ShutdownSandboxResponse)
         await asyncio.wait_for(run, 10)
     finally:
-        await client.close()
-        if not run.done():
-            daemon.request_stop()
-            await run
+        await end_daemon(daemon, run, client)
     assert ("stop_pod",) in backend.calls and backend.closed
     assert not shim_sock.exists()

@@ -50,6 +50,14 @@ def _listener(path: Path) -> socket.socket:
     return sock
 
 
+async def end_daemon(daemon: Daemon, run: asyncio.Future, client: Client) -> None:
+    """Test teardown: hang up, and stop the daemon if the test did not get it to exit."""
+    await client.close()
+    if not run.done():
+        daemon.request_stop()
+        await run
+
+
 @pytest.fixture
 def daemon_env(tmp_path, monkeypatch):
     containerd = tmp_path / "containerd.sock"
@@ -84,10 +92,7 @@ async def test_ctr_flow_through_the_daemon_events_and_shutdown(daemon_env, tmp_p
         await call("Shutdown", pb.ShutdownRequest(id="c1"), empty_pb2.Empty)
         await asyncio.wait_for(run, 10)
     finally:
-        await client.close()
-        if not run.done():
-            daemon.request_stop()
-            await run
+        await end_daemon(daemon, run, client)
         await events.server.close()
     assert not shim_sock.exists()
     assert backend.closed
