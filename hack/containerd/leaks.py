@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 
 from shim.config import load_config, parse_config
+from shim.shim_manager.daemon_process import is_shim_process
 from shim.sandbox.state import SandboxRef, run_dir as state_run_dir
 from shim.network import DEFAULT_TAP_NAME
 from shim.shim_manager.socket_address import socket_path
@@ -48,9 +49,9 @@ def shim_pids(address: str, container_id: str | None = None) -> list[int]:
     """Shim daemons (and start/delete runs) of this containerd, optionally for one id."""
     found = []
     for pid, argv in _cmdlines().items():
-        if "shim.cli.shim_main" not in argv or address not in argv:
+        if not is_shim_process(argv, address):
             continue
-        if container_id is None or container_id in argv:
+        if container_id is None or f" -id {container_id} " in " ".join(argv) + " ":
             found.append(pid)
     return found
 

@@ -29,6 +29,10 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT))
+
+from shim.cli.launcher import write_launcher  # noqa: E402
+from shim.shim_manager.daemon_process import is_shim_process  # noqa: E402
 BUSYBOX = Path("/bin/busybox")
 # Each private containerd gets its own bridge and /24 out of this range, so that several of
 # them (parallel test runs) never share a bridge or hand out the same pod IP.
@@ -176,10 +180,6 @@ def _cni_config(d: Layout) -> str:
     }, indent=2)
 
 
-def _shim_wrapper() -> str:
-    # containerd finds containerd-shim-graft-v2 on its PATH; run this checkout with this python.
-    return (f'#!/bin/sh\nPYTHONPATH="{ROOT}${{PYTHONPATH:+:$PYTHONPATH}}" '
-            f'exec "{sys.executable}" -m shim.cli.shim_main "$@"\n')
 
 
 def _graft_config() -> str:
@@ -306,9 +306,8 @@ def start(d: Layout, timeout: float = 30.0, containerd_bin: Path | None = None,
         d.sandboxer_file.write_text(sandboxer)
     for sub in (d.bin, d.cni_conf, d.cni_ipam):
         sub.mkdir(parents=True, exist_ok=True)
-    shim = d.bin / "containerd-shim-graft-v2"
-    shim.write_text(_shim_wrapper())
-    shim.chmod(0o755)
+    # containerd finds containerd-shim-graft-v2 on its PATH: the lean launcher of this checkout.
+    write_launcher(d.bin / "containerd-shim-graft-v2")
     d.config.write_text(_containerd_config(d))
     d.graft_config.write_text(_graft_config())
     if not d.network_file.exists():
@@ -364,10 +363,10 @@ def _shim_pids(d: Layout) -> list[int]:
     pids = []
     for entry in Path("/proc").iterdir():
         try:
-            argv = (entry / "cmdline").read_bytes().split(b"\0")
+            argv = (entry / "cmdline").read_bytes().decode(errors="replace").split("\0")
         except OSError:
             continue
-        if b"shim.cli.shim_main" in argv and str(d.socket).encode() in argv:
+        if is_shim_process(argv, str(d.socket)):
             pids.append(int(entry.name))
     return pids
 
