@@ -25,7 +25,7 @@ class Agent:
         self.started_at = time.monotonic()
         self.oom = OomMonitor()
         self.sandbox = Sandbox(config.resolv_conf_path)
-        self.network = Network(spawner)
+        self.network = Network()
         self.containers = ContainerManager(config.run_dir, config.cgroup_parent,
                                            config.default_runtime, no_pivot, spawner, reaper,
                                            self.oom)
@@ -54,6 +54,7 @@ class Agent:
         if self._warmup is not None and not self._warmup.done():
             self._warmup.cancel()
         await self.containers.remove_all()
+        self.network.close()
         try:
             self.sandbox.destroy()
         except Exception as exc:

@@ -170,7 +170,8 @@ class AgentService:
     async def UpdateInterface(self, req: pb.UpdateInterfaceRequest) -> pb.Interface:
         i = req.interface
         link = await self._agent.network.update_link(
-            Link(i.name, i.hw_addr, i.mtu, [Address(a.address, a.prefix_len) for a in i.addresses]))
+            Link(i.name, i.hw_addr, i.mtu, [Address(a.address, a.prefix_len) for a in i.addresses]),
+            match_hw_addr=req.match_hw_addr)
         return _interface(link)
 
     @_edge

@@ -131,9 +131,10 @@ class AgentClient:
             container_id=container_id, exec_id=exec_id, rows=rows, cols=cols), _EMPTY)
 
     # -- networking --------------------------------------------------------------
-    async def update_interface(self, interface: pb.Interface) -> pb.Interface:
-        return await self._call("UpdateInterface", pb.UpdateInterfaceRequest(interface=interface),
-                                pb.Interface)
+    async def update_interface(self, interface: pb.Interface,
+                               match_hw_addr: str = "") -> pb.Interface:
+        return await self._call("UpdateInterface", pb.UpdateInterfaceRequest(
+            interface=interface, match_hw_addr=match_hw_addr), pb.Interface)
 
     async def update_routes(self, routes: list[pb.Route]) -> pb.Routes:
         return await self._call("UpdateRoutes", pb.UpdateRoutesRequest(

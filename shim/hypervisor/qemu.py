@@ -39,6 +39,7 @@ class QemuHypervisor(SupervisedHypervisor):
 
     PROCESS_NAME = "qemu"
     PROCESS_LOG = "qemu.log"
+    supports_boot_nic = True
 
     def __init__(self, vm_id: str, config: HypervisorConfig, paths: VmPaths,
                  netns: Path | None = None, *,
@@ -232,13 +233,17 @@ class QemuHypervisor(SupervisedHypervisor):
             self._track(self.paths.agent_socket)
             try:
                 spec = LaunchSpec(accelerator=accelerator, control_fd=control.fileno(),
-                                  agent_fd=agent.fileno(), incoming=incoming, qboot=self._qboot)
+                                  agent_fd=agent.fileno(), incoming=incoming, qboot=self._qboot,
+                                  nic_fd=self.boot_nic_fd if self.config.boot_nic_mac else None)
                 try:
                     argv = build_argv(self.config, self.paths, spec, vm_name=f"graft-{self.vm_id}")
                 except ValueError as exc:
                     raise HypervisorError(f"VM {self.vm_id}: invalid config: {exc}") from exc
                 log.debug("VM %s: launching %s", self.vm_id, shlex.join(argv))
-                process = await self._spawn(argv, pass_fds=(control.fileno(), agent.fileno()))
+                fds = [control.fileno(), agent.fileno()]
+                if spec.nic_fd is not None:
+                    fds.append(spec.nic_fd)
+                process = await self._spawn(argv, pass_fds=fds)
             finally:
                 agent.close()  # QEMU holds its own copies now
         finally:
