@@ -199,6 +199,17 @@ class ContainerManager:
         log.info("exec %s in container %s: pid %d", exec_id, container_id, process.pid)
         return process.pid
 
+    def delete_exec(self, container_id: str, exec_id: str) -> None:
+        """The host is done with an exited exec: free its fds (pty, pipes) and buffers."""
+        container = self.get(container_id)
+        if not exec_id:
+            raise InvalidArgument("the init process goes with RemoveContainer, not DeleteProcess")
+        process = container.process(exec_id)
+        if not process.exited:
+            raise FailedPrecondition(f"exec {exec_id} in container {container_id} is still running")
+        del container.execs[exec_id]
+        process.release()
+
     async def wait(self, container_id: str, exec_id: str) -> ExitInfo:
         return await self.process(container_id, exec_id).wait()
 
@@ -207,7 +218,9 @@ class ContainerManager:
         process = container.process(exec_id)
         if not 0 < sig < signal.NSIG:
             raise InvalidArgument(f"invalid signal number {sig}")
-        if all_processes and container.cgroup is not None and container.cgroup.exists():
+        # `all` means the whole container only for its init: an exec's signal is the exec's
+        # alone (as runc's shim does), or a probe's kill would take the container down.
+        if all_processes and not exec_id and container.cgroup is not None and container.cgroup.exists():
             container.cgroup.signal_all(sig)
             return
         process.signal(sig)

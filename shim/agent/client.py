@@ -70,6 +70,10 @@ class AgentClient:
             pb.ExecProcessResponse)
         return resp.pid
 
+    async def delete_process(self, container_id: str, exec_id: str) -> None:
+        await self._call("DeleteProcess", pb.ProcessRequest(
+            container_id=container_id, exec_id=exec_id), _EMPTY)
+
     async def wait_process(self, container_id: str, exec_id: str = "") -> pb.WaitProcessResponse:
         # No deadline: a process may run for as long as it likes.
         return await self._ttrpc.call(SERVICE_NAME, "WaitProcess", pb.ProcessRequest(

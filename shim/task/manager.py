@@ -278,6 +278,11 @@ class TaskManager:
         await proc.io.close()
         # A never-started exec (its Start failed) has no monitor: wake its Wait callers.
         proc.process.record_exit(ExitInfo(UNKNOWN_EXIT, time.time_ns()))
+        if proc.monitor is not None:  # the guest knows it: free its pty/pipes there too
+            try:
+                await self._backend.delete_process(container_id, exec_id)
+            except Exception as exc:  # the VM may be gone; the host side is done anyway
+                log.info("release of %s in the guest: %s", proc.process.name, exc)
         return status
 
     async def _end_exec(self, proc: _Proc) -> None:

