@@ -21,6 +21,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from shim.agent.client import AgentClient
+from shim.agent.pacing import MinInterval
 from shim.sandbox.mounts import bind_mount, mounts_under, unmount_all_under
 from shim.sandbox.sandbox import GUEST_SHARE_MOUNT
 from shim.ttrpc import Code, TtrpcError
@@ -36,6 +37,7 @@ from .stdio import StdioSpec
 log = logging.getLogger(__name__)
 
 _MOUNTS_DIR = ".mounts"  # not a valid container id: never collides with a rootfs dir
+OOM_EVENT_INTERVAL_SECONDS = 0.2
 
 
 class _AgentStreams:
@@ -110,7 +112,9 @@ class VmBackend:
         self._oom_watch = asyncio.ensure_future(self._watch_oom())
 
     async def _watch_oom(self) -> None:
+        pace = MinInterval(OOM_EVENT_INTERVAL_SECONDS)  # a guest answering at once cannot flood
         while self._sandbox is not None:
+            await pace.wait()
             try:
                 container_id = await self.agent.get_oom_event()
             except asyncio.CancelledError:
