@@ -80,7 +80,7 @@ async def serve(config: Config, no_pivot: bool) -> None:
     reaper.start()
     spawner = Spawner(reaper)
     agent = Agent(config, reaper, spawner, no_pivot)
-    server = Server()
+    server = Server(max_in_flight=4096)  # every process of the pod keeps ~3 long polls open
     server.register_service(agent_pb2.DESCRIPTOR.services_by_name["AgentService"],
                             AgentService(agent))
     stop = asyncio.Event()
