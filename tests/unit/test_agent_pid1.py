@@ -7,6 +7,7 @@ poweroff (reboot(2) from a PID namespace's init) just ends the namespace.
 
 from __future__ import annotations
 
+import asyncio
 import os
 import shutil
 import signal
@@ -89,3 +90,39 @@ async def test_pid1_duties_containers_and_poweroff(tmp_path, busybox_rootfs):
     log = agent.log()
     assert "agent server ended" in log, log
     assert rc in (-signal.SIGINT, 128 + signal.SIGINT), (rc, log)  # reboot(POWER_OFF) in a pid ns
+
+
+async def test_sigint_from_a_container_in_our_pid_namespace_is_ignored(tmp_path, busybox_rootfs):
+    """A container without its own PID namespace (CRI hostPID) sees the agent as PID 1:
+    `kill -INT 1` must not end the agent (which, as init, would power the VM off)."""
+    import json
+
+    from agent_harness import spec
+    from graft_agent.api import agent_pb2 as pb
+
+    agent = Pid1Agent(tmp_path)
+    agent.start()
+    try:
+        client = await AgentClient.connect(agent)
+        doc = json.loads(spec(["sh", "-c", "kill -INT 1 && echo sent"]))
+        doc["linux"]["namespaces"] = [ns for ns in doc["linux"]["namespaces"] if ns["type"] != "pid"]
+        await client.call("CreateContainer", pb.CreateContainerRequest(
+            container_id="hostpid", oci_spec_json=json.dumps(doc).encode(),
+            rootfs_path=str(busybox_rootfs)))
+        await client.start("hostpid")
+        assert await client.read_all("hostpid") == b"sent\n"
+        assert await client.wait("hostpid") == 0
+        await asyncio.sleep(0.5)
+        assert agent.proc.poll() is None, agent.log()
+        assert (await client.call("Check", pb.CheckRequest())).status == pb.HealthCheckResponse.SERVING
+        await client.remove("hostpid")
+        await client.close()
+    finally:
+        if agent.proc.poll() is None:
+            os.kill(agent.agent_pid(), signal.SIGTERM)
+        try:
+            agent.proc.wait(30)
+        except subprocess.TimeoutExpired:
+            agent.proc.kill()
+            raise
+        agent._log.close()
