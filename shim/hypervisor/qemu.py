@@ -13,6 +13,7 @@ from typing import Any
 
 from .accel import AcceleratorProbe, probe_accelerator, resolve_accelerator
 from .base import Accelerator, HypervisorConfig, HypervisorError, NetworkDevice, VmPaths
+from .bounded_log import console_log
 from .qemu_cmdline import QBOOT_ROM, LaunchSpec, build_argv, root_port_ids
 from .qmp_monitor import QmpMonitor
 from .supervised import QUIT_TIMEOUT, SupervisedHypervisor
@@ -230,17 +231,24 @@ class QemuHypervisor(SupervisedHypervisor):
         try:
             agent = bind_listener(self.paths.agent_socket)
             self._track(self.paths.agent_socket)
+            self._track(self.paths.console_log)
+            console, console_fd = console_log(self.paths.console_log)
             try:
                 spec = LaunchSpec(accelerator=accelerator, control_fd=control.fileno(),
-                                  agent_fd=agent.fileno(), incoming=incoming, qboot=self._qboot)
+                                  agent_fd=agent.fileno(), incoming=incoming, qboot=self._qboot,
+                                  console_fd=console_fd.fileno())
                 try:
                     argv = build_argv(self.config, self.paths, spec, vm_name=f"graft-{self.vm_id}")
                 except ValueError as exc:
+                    console.close()
                     raise HypervisorError(f"VM {self.vm_id}: invalid config: {exc}") from exc
                 log.debug("VM %s: launching %s", self.vm_id, shlex.join(argv))
-                process = await self._spawn(argv, pass_fds=(control.fileno(), agent.fileno()))
+                process = await self._spawn(
+                    argv, pass_fds=(control.fileno(), agent.fileno(), console_fd.fileno()),
+                    logs=[console])
             finally:
                 agent.close()  # QEMU holds its own copies now
+                console_fd.close()
         finally:
             control.close()
         self._qmp = QmpMonitor(process, self._describe)
