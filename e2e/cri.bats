@@ -13,7 +13,7 @@ cri() { python3 "$REPO/e2e/cri_client.py" "$@"; }
 saved() { cat "$CTRD_DIR/saved-$1"; }
 save() { echo "$2" > "$CTRD_DIR/saved-$1"; }
 
-vmm_count() { pgrep -fc "qemu-system.*/sandboxes/$1/" || true; }
+vmm_count() { pgrep -fc "qemu-system.* -name graft-$1( |\$)" || true; }
 shim_count() { pgrep -fc "shim.cli.shim_main .*-address $CONTAINERD_ADDRESS " || true; }
 shim_socket() {
     PYTHONPATH="$REPO" python3 -c 'import sys

@@ -8,7 +8,8 @@ import subprocess
 import time
 from pathlib import Path
 
-from shim.config import load_config
+from shim.config import load_config, parse_config
+from shim.sandbox.state import SandboxRef, run_dir as state_run_dir
 from shim.network import DEFAULT_TAP_NAME
 from shim.shim_manager.socket_address import socket_path
 
@@ -28,12 +29,19 @@ def _cmdlines() -> dict[int, list[str]]:
     return out
 
 
-def vmm_pids(state_dir: Path, sandbox_id: str) -> list[int]:
+def vmm_pids(run_dir: Path) -> list[int]:
     """VMM processes of one sandbox (their command line names its run dir)."""
-    marker = f"{state_dir}/sandboxes/{sandbox_id}/"
+    marker = f"{run_dir}/"
     return [pid for pid, argv in _cmdlines().items()
             if argv[0].rsplit("/", 1)[-1].startswith(("qemu-system", "cloud-hypervisor"))
             and any(marker in arg for arg in argv)]
+
+
+def sandbox_run_dir(containerd_address: str, namespace: str, sandbox_id: str,
+                    state_dir: Path) -> Path:
+    """Where the shim keeps that containerd's sandbox (shim/sandbox/state.py)."""
+    config = parse_config({"runtime": {"state_dir": str(state_dir)}})
+    return state_run_dir(config, SandboxRef(sandbox_id, namespace, containerd_address))
 
 
 def shim_pids(address: str, container_id: str | None = None) -> list[int]:
@@ -88,7 +96,8 @@ class PodLeaks:
 
     @property
     def run_dir(self) -> Path:
-        return self.state_dir / "sandboxes" / self.sandbox_id
+        return sandbox_run_dir(self.containerd.address, self.namespace, self.sandbox_id,
+                               self.state_dir)
 
     @property
     def bundles(self) -> list[Path]:
@@ -100,7 +109,7 @@ class PodLeaks:
         return socket_path(self.containerd.address, self.namespace, self.sandbox_id)
 
     def leaks(self) -> list[str]:
-        found = [f"VMM pid {pid}" for pid in vmm_pids(self.state_dir, self.sandbox_id)]
+        found = [f"VMM pid {pid}" for pid in vmm_pids(self.run_dir)]
         found += [f"shim pid {pid}" for cid in {self.sandbox_id, *self.container_ids}
                   for pid in shim_pids(self.containerd.address, cid)]
         for point in mount_points():

@@ -109,7 +109,7 @@ def test_cri_pod_flow_with_graft(runtime, containerd):
 
 
 def _vmm_pids_of(sandbox_id: str) -> list[int]:
-    out = subprocess.run(["pgrep", "-f", f"qemu-system.*/sandboxes/{sandbox_id}/"],
+    out = subprocess.run(["pgrep", "-f", f"qemu-system.* -name graft-{sandbox_id}( |$)"],
                          capture_output=True, text=True)
     return [int(pid) for pid in out.stdout.split()]
 

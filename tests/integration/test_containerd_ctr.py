@@ -120,6 +120,24 @@ def test_detached_exec_kill_and_delete(containerd, vm_ready):
     _no_leftovers(containerd, before)
 
 
+def test_same_id_in_two_namespaces_are_two_pods(containerd, vm_ready):
+    """`ctr -n default run … twin`, then `ctr -n k8s.io run --rm … twin`: two VMs with their
+    own state; the second one's delete leaves the first running (state was keyed by id
+    alone: the second delete killed the first pod's VM)."""
+    containerd.ctr("run", "-d", "--runtime", RUNTIME, IMAGE, "twin", "sleep", "1000")
+    try:
+        done = containerd.ctr("run", "--rm", "--runtime", RUNTIME, IMAGE, "twin", "echo",
+                              "from-k8s-twin", namespace="k8s.io")
+        assert done.stdout == b"from-k8s-twin\n"
+        assert b"RUNNING" in containerd.ctr("task", "ls").stdout
+        done = containerd.ctr("task", "exec", "--exec-id", "e1", "twin", "echo", "alive")
+        assert done.stdout == b"alive\n"
+    finally:
+        containerd.ctr("task", "kill", "-s", "SIGKILL", "twin", check=False)
+        containerd.ctr("task", "rm", "-f", "twin", check=False)
+        containerd.ctr("container", "rm", "twin", check=False)
+
+
 def test_tty(containerd, vm_ready):
     master, slave = os.openpty()
     proc = subprocess.Popen(["ctr", "--address", containerd.address, "run", "--rm", "-t",
