@@ -216,7 +216,7 @@ class ContainerManager:
     def signal(self, container_id: str, exec_id: str, sig: int, all_processes: bool) -> None:
         container = self.get(container_id)
         process = container.process(exec_id)
-        if not 0 < sig < signal.NSIG:
+        if not 0 <= sig < signal.NSIG:  # 0: only whether it is there (as kill(2))
             raise InvalidArgument(f"invalid signal number {sig}")
         # `all` means the whole container only for its init: an exec's signal is the exec's
         # alone (as runc's shim does), or a probe's kill would take the container down.
