@@ -9,7 +9,6 @@ import shutil
 import signal
 
 import pytest
-import pytest_asyncio
 
 from agent_harness import AgentClient, process_alive, unique
 from graft_agent.api import agent_pb2 as pb
@@ -19,13 +18,6 @@ pytestmark = [
     pytest.mark.skipif(shutil.which("crun") is None, reason="needs crun"),
     pytest.mark.asyncio(loop_scope="session"),
 ]
-
-
-@pytest_asyncio.fixture
-async def agent(agent_process):
-    client = await AgentClient.connect(agent_process)
-    yield client
-    await client.close()
 
 
 def _open_fds(pid: int) -> int:

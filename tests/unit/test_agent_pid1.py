@@ -41,6 +41,18 @@ class Pid1Agent(AgentProcess):
                 raise RuntimeError(f"agent did not start:\n{self.log()}")
             time.sleep(0.02)
 
+    def power_off(self) -> int:
+        """SIGTERM ends serving; as PID 1 the agent then powers off (ending the namespace)."""
+        if self.proc.poll() is None:
+            os.kill(self.agent_pid(), signal.SIGTERM)
+        try:
+            rc = self.proc.wait(30)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            raise
+        self._log.close()
+        return rc
+
     def agent_pid(self) -> int:
         """Host pid of the agent (the child of `unshare --fork`)."""
         children = open(f"/proc/{self.proc.pid}/task/{self.proc.pid}/children").read().split()
@@ -78,15 +90,7 @@ async def test_pid1_duties_containers_and_poweroff(tmp_path, busybox_rootfs):
         await client.remove("as-init")
         await client.close()
     finally:
-        # SIGTERM ends serving; as PID 1 the agent then powers off (ending the namespace).
-        if agent.proc.poll() is None:
-            os.kill(agent.agent_pid(), signal.SIGTERM)
-        try:
-            rc = agent.proc.wait(30)
-        except subprocess.TimeoutExpired:
-            agent.proc.kill()
-            raise
-        agent._log.close()
+        rc = agent.power_off()
     log = agent.log()
     assert "agent server ended" in log, log
     assert rc in (-signal.SIGINT, 128 + signal.SIGINT), (rc, log)  # reboot(POWER_OFF) in a pid ns
@@ -118,11 +122,4 @@ async def test_sigint_from_a_container_in_our_pid_namespace_is_ignored(tmp_path,
         await client.remove("hostpid")
         await client.close()
     finally:
-        if agent.proc.poll() is None:
-            os.kill(agent.agent_pid(), signal.SIGTERM)
-        try:
-            agent.proc.wait(30)
-        except subprocess.TimeoutExpired:
-            agent.proc.kill()
-            raise
-        agent._log.close()
+        agent.power_off()
