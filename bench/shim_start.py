@@ -36,8 +36,8 @@ NAMESPACE = "bench"
 
 
 def _bundle(base: Path, cid: str, sandbox_id: str, kind: str) -> Path:
-    bundle = base / cid
-    (bundle / "rootfs").mkdir(parents=True)
+    bundle = Path(tempfile.mkdtemp(prefix=f"{cid}-", dir=base))
+    (bundle / "rootfs").mkdir()
     spec = {"ociVersion": "1.0.2", "process": {"args": ["true"]},
             "annotations": {"io.kubernetes.cri.container-type": kind,
                             "io.kubernetes.cri.sandbox-id": sandbox_id}}
@@ -100,7 +100,7 @@ def container_starts(shim: str, base: Path, runs: int) -> list[float]:
     try:
         times = []
         for i in range(runs):
-            bundle = _bundle(base / "c", f"app{i}", "pod", "container")
+            bundle = _bundle(base, f"app{i}", "pod", "container")
             elapsed, printed = _run_start(shim, address, f"app{i}", bundle)
             assert printed == str(path), printed
             times.append(elapsed)
@@ -114,7 +114,7 @@ def sandbox_starts(shim: str, base: Path, runs: int) -> tuple[list[float], list[
     address = str(base / "containerd.sock")
     walls, serving = [], []
     for i in range(runs):
-        bundle = _bundle(base / "s", f"pod{i}", f"pod{i}", "sandbox")
+        bundle = _bundle(base, f"pod{i}", f"pod{i}", "sandbox")
         exec_at = time.monotonic()
         elapsed, path = _run_start(shim, address, f"pod{i}", bundle)
         answered = asyncio.run(_answers(path, exec_at + 10))

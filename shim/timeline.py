@@ -8,12 +8,9 @@ Every mark is also logged at debug level.
 from __future__ import annotations
 
 import json
-import logging
 import os
 import time
 from pathlib import Path
-
-log = logging.getLogger(__name__)
 
 # `start` hands the daemon the wall-clock time containerd exec'd it.
 START_EXEC_ENV = "GRAFT_SHIM_EXEC_AT"
@@ -35,7 +32,9 @@ class Timeline:
     def mark(self, step: str, at: float | None = None) -> None:
         when = time.time() if at is None else at
         self._marks.append((step, when))
-        log.debug("timeline: %s at %.3f", step, when)
+        import logging  # here: `start` imports this module for START_EXEC_ENV only
+
+        logging.getLogger(__name__).debug("timeline: %s at %.3f", step, when)
         self._write()
 
     def attach(self, directory: Path) -> None:
@@ -56,8 +55,8 @@ class Timeline:
         try:
             tmp.write_text(json.dumps([{"step": s, "at": round(t, 6)} for s, t in self._marks]))
             os.replace(tmp, self._path)
-        except OSError as exc:  # the directory went away (teardown): nothing to record into
-            log.debug("timeline not written: %s", exc)
+        except OSError:  # the directory went away (teardown): nothing to record into
+            pass
 
 
 def read_timeline(directory: Path) -> list[tuple[str, float]]:

@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 
 from shim.config import load_config, parse_config
+from shim.shim_manager.daemon_process import is_shim_process
 from shim.sandbox.state import SandboxRef, run_dir as state_run_dir
 from shim.network import DEFAULT_TAP_NAME
 from shim.shim_manager.socket_address import socket_path
@@ -48,9 +49,9 @@ def shim_pids(address: str, container_id: str | None = None) -> list[int]:
     """Shim daemons (and start/delete runs) of this containerd, optionally for one id."""
     found = []
     for pid, argv in _cmdlines().items():
-        if "shim.cli.shim_main" not in argv or address not in argv:
+        if not is_shim_process(argv, address):
             continue
-        if container_id is None or container_id in argv:
+        if container_id is None or f" -id {container_id} " in " ".join(argv) + " ":
             found.append(pid)
     return found
 
@@ -86,13 +87,13 @@ class PodLeaks:
     """What one graft pod (VM) may leave on the host."""
 
     def __init__(self, containerd, sandbox_id: str, namespace: str, container_ids: list[str],
-                 netns: Path | None = None) -> None:
+                 netns: Path | None = None, state_dir: Path | None = None) -> None:
         self.containerd = containerd
         self.sandbox_id = sandbox_id
         self.namespace = namespace
         self.container_ids = container_ids
         self.netns = netns
-        self.state_dir = load_config(containerd.layout.graft_config).state_dir
+        self.state_dir = state_dir or load_config(containerd.layout.graft_config).state_dir
 
     @property
     def run_dir(self) -> Path:

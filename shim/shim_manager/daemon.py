@@ -160,7 +160,8 @@ def serve(args: ShimArgs, listen_fd: int, config_path: str) -> int:
         socket_address.remove(daemon.socket_path)  # run() may have failed before owning it
         status = 1
     finally:
-        # Everything we own is cleaned up by now. Do not let a worker thread stuck in a
-        # blocking call (asyncio.run would join it) keep a finished shim alive.
+        # Everything we own is cleaned up by now. The caller exits with os._exit: a worker
+        # thread stuck in a blocking call (asyncio.run would join it) must not keep a
+        # finished shim alive.
         logging.shutdown()
-        os._exit(status)
+    return status

@@ -74,7 +74,7 @@ def delete(args: ShimArgs, config_path: str) -> bytes:
             asyncio.run(_ask_daemon(path, args.id))
         elif info.is_sandbox:
             socket_address.remove(path)  # its daemon is dead
-    unmount_rootfs(args.bundle / "rootfs")
+    unmount_rootfs(Path(args.bundle) / "rootfs")
     if info is None or info.is_sandbox:
         _cleanup_vm(args, config_path)
     stamp = timestamp_pb2.Timestamp()

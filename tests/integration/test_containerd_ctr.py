@@ -26,7 +26,7 @@ def vm_ready():
 
 
 def _shim_processes(containerd_address: str) -> list[str]:
-    out = subprocess.run(["pgrep", "-af", "shim.cli.shim_main"], capture_output=True, text=True)
+    out = subprocess.run(["pgrep", "-af", "containerd-shim-graft-v2 "], capture_output=True, text=True)
     return [line for line in out.stdout.splitlines()
             if f"-address {containerd_address} " in line and "pgrep" not in line]
 
