@@ -13,133 +13,37 @@ here too, against containerd-shim-runc-v2 itself, so the comparison table stays 
 from __future__ import annotations
 
 import asyncio
-import itertools
 import json
 import shutil
 import sys
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 import pytest_asyncio
-from google.protobuf import any_pb2
+from google.protobuf import empty_pb2
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "hack" / "containerd"))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from testing import containerd, skip_or_fail, vm_missing  # noqa: E402,F401
 
-from google.protobuf import empty_pb2  # noqa: E402
-
-from shim.api.containerd import TASK_SERVICE, mount_pb2, shim_pb2 as pb  # noqa: E402
-from shim.oci import default_process, default_spec  # noqa: E402
-from shim.ttrpc import Client, Code, TtrpcError  # noqa: E402
+from shim_pod import (GRAFT, IMAGE, Shim, assert_pod_works, exec_spec, run_exec,  # noqa: E402
+                      serial, start_pod, stop_pod, use_private_state)
+from shim.api.containerd import shim_pb2 as pb  # noqa: E402
+from shim.oci import default_spec  # noqa: E402
+from shim.ttrpc import Code  # noqa: E402
 
 pytestmark = [pytest.mark.containerd, pytest.mark.asyncio(loop_scope="module")]
 
-SERVICE = TASK_SERVICE.full_name
-GRAFT = "io.containerd.graft.v2"
-IMAGE = "graft.local/busybox:latest"
 STATE_DIR = "/run/g-dfx"  # this module's graft state (short: socket paths)
-TASK_DIR = "io.containerd.runtime.v2.task/default"
-_serial = itertools.count(1)
-
-
-@dataclass
-class Shim:
-    """One shim daemon (graft or runc) serving a running pod container `pod`."""
-
-    runtime: str
-    pod: str
-    client: Client
-    bundles: Path
-    rootfs: Path
-
-    async def call(self, method: str, request, response_type, timeout: float = 120.0):
-        return await self.client.call(SERVICE, method, request, response_type, timeout=timeout,
-                                      metadata={"containerd-namespace-ttrpc": "default"})
-
-    async def code_of(self, method: str, request, response_type, timeout: float = 120.0) -> Code:
-        try:
-            await self.call(method, request, response_type, timeout)
-        except TtrpcError as exc:
-            return exc.code
-        return Code.OK
-
-    def bundle(self, name: str, spec: dict) -> Path:
-        path = self.bundles / name
-        (path / "rootfs").mkdir(parents=True, exist_ok=True)
-        (path / "config.json").write_text(json.dumps(spec))
-        return path
-
-    def app_spec(self, args: list[str]) -> dict:
-        """A container of the pod (for graft: CRI annotations naming the pod's sandbox)."""
-        spec = default_spec(args)
-        spec["annotations"] = {"io.kubernetes.cri.container-type": "container",
-                               "io.kubernetes.cri.sandbox-id": self.pod}
-        return spec
-
-    def create_request(self, cid: str, spec: dict, **stdio) -> pb.CreateTaskRequest:
-        bundle = self.bundle(f"b{next(_serial)}", spec)
-        return pb.CreateTaskRequest(id=cid, bundle=str(bundle), rootfs=[
-            mount_pb2.Mount(
-                type="bind", source=str(self.rootfs), options=["rbind", "ro"])], **stdio)
-
-
-def _exec_spec(args: list[str], terminal: bool = False) -> any_pb2.Any:
-    return any_pb2.Any(type_url="types.containerd.io/opencontainers/runtime-spec/1/Process",
-                       value=json.dumps(default_process(args, terminal)).encode())
-
-
-async def run_exec(shim: Shim, args: list[str], container: str | None = None,
-                   exec_id: str | None = None) -> int:
-    """Exec → Start → Wait → Delete; the exit status."""
-    cid = container or shim.pod
-    eid = exec_id or f"probe{next(_serial)}"
-    await shim.call("Exec", pb.ExecProcessRequest(id=cid, exec_id=eid, spec=_exec_spec(args)),
-                    empty_pb2.Empty)
-    await shim.call("Start", pb.StartRequest(id=cid, exec_id=eid), pb.StartResponse)
-    waited = await shim.call("Wait", pb.WaitRequest(id=cid, exec_id=eid), pb.WaitResponse)
-    await shim.call("Delete", pb.DeleteRequest(id=cid, exec_id=eid), pb.DeleteResponse)
-    return waited.exit_status
-
-
-async def assert_pod_works(shim: Shim) -> None:
-    assert await run_exec(shim, ["sh", "-c", "exit 3"]) == 3
-    state = await shim.call("State", pb.StateRequest(id=shim.pod), pb.StateResponse)
-    assert state.status == 2, state  # RUNNING
-
-
-def _shim_address(containerd, cid: str) -> str:
-    address = (containerd.layout.base / "state" / TASK_DIR / cid / "address").read_text()
-    return address.strip().removeprefix("unix://")
-
-
-def _use_private_state(containerd) -> None:
-    text = containerd.layout.graft_config.read_text()
-    containerd.layout.graft_config.write_text(
-        text.replace("[runtime]\n", f'[runtime]\nstate_dir = "{STATE_DIR}"\n', 1))
-
-
-async def _start_pod(containerd, runtime: str, cid: str, tmp: Path, rootfs: Path) -> Shim:
-    args = ["run", "-d"] + (["--runtime", runtime] if runtime == GRAFT else []) + [
-        IMAGE, cid, "sleep", "100000"]
-    await asyncio.to_thread(containerd.ctr, *args, timeout=300)
-    client = await Client.connect_unix(_shim_address(containerd, cid))
-    return Shim(runtime, cid, client, tmp / cid, rootfs)
-
-
-async def _stop_pod(containerd, shim: Shim) -> None:
-    await shim.client.close()
-    await asyncio.to_thread(containerd.ctr, "task", "rm", "-f", shim.pod, check=False)
-    await asyncio.to_thread(containerd.ctr, "container", "rm", shim.pod, check=False)
 
 
 @pytest.fixture(scope="module")
 def workdir(containerd, tmp_path_factory) -> Path:
-    _use_private_state(containerd)
+    use_private_state(containerd, STATE_DIR)
     yield tmp_path_factory.mktemp("bad-input")
     shutil.rmtree(STATE_DIR, ignore_errors=True)
 
@@ -150,10 +54,10 @@ async def shim(request, containerd, workdir, busybox_rootfs):
     if request.param == "graft":
         skip_or_fail(vm_missing())
     runtime = GRAFT if request.param == "graft" else "runc"
-    started = await _start_pod(containerd, runtime, f"dfx-{request.param}", workdir,
+    started = await start_pod(containerd, runtime, f"dfx-{request.param}", workdir,
                                busybox_rootfs)
     yield started
-    await _stop_pod(containerd, started)
+    await stop_pod(containerd, started)
 
 
 # -- the cases ------------------------------------------------------------------------------------
@@ -194,9 +98,9 @@ async def _kill(shim: Shim, sig: int, exec_id: str = "") -> Code:
 
 async def _with_exec(shim: Shim, args: list[str], then: Callable[[str], Awaitable[Code]],
                      terminal: bool = False) -> Code:
-    eid = f"x{next(_serial)}"
+    eid = f"x{next(serial)}"
     await shim.call("Exec", pb.ExecProcessRequest(id=shim.pod, exec_id=eid, terminal=terminal,
-                                                  spec=_exec_spec(args, terminal)), Empty)
+                                                  spec=exec_spec(args, terminal)), Empty)
     await shim.call("Start", pb.StartRequest(id=shim.pod, exec_id=eid), pb.StartResponse)
     try:
         return await then(eid)
@@ -208,7 +112,7 @@ async def _with_exec(shim: Shim, args: list[str], then: Callable[[str], Awaitabl
 
 async def _exec_code(shim: Shim, eid: str, **stdio) -> Code:
     code = await shim.code_of("Exec", pb.ExecProcessRequest(
-        id=shim.pod, exec_id=eid, spec=_exec_spec(["true"]), **stdio), Empty)
+        id=shim.pod, exec_id=eid, spec=exec_spec(["true"]), **stdio), Empty)
     if code is Code.OK:
         start = await shim.code_of("Start", pb.StartRequest(id=shim.pod, exec_id=eid),
                                    pb.StartResponse)
@@ -222,7 +126,7 @@ async def _exec_code(shim: Shim, eid: str, **stdio) -> Code:
 async def _reuse_exec_id(shim: Shim) -> Code:
     async def again(eid: str) -> Code:
         return await shim.code_of("Exec", pb.ExecProcessRequest(
-            id=shim.pod, exec_id=eid, spec=_exec_spec(["true"])), Empty)
+            id=shim.pod, exec_id=eid, spec=exec_spec(["true"])), Empty)
     return await _with_exec(shim, ["sleep", "1000"], again)
 
 
@@ -269,33 +173,33 @@ CASES: dict[str, tuple[Case, Code, Code]] = {
     "create: id of the running pod": (
         lambda s: _create(s, s.pod, s.app_spec(["true"])), Code.ALREADY_EXISTS, Code.UNKNOWN),
     "create: spec without process": (
-        lambda s: _create(s, f"np{next(_serial)}", _app(s, process=None)),
+        lambda s: _create(s, f"np{next(serial)}", _app(s, process=None)),
         Code.INVALID_ARGUMENT, Code.UNKNOWN),
     "create: spec without process.args": (
-        lambda s: _create(s, f"na{next(_serial)}", _app(s, **{"process.args": None})),
+        lambda s: _create(s, f"na{next(serial)}", _app(s, **{"process.args": None})),
         Code.INVALID_ARGUMENT, Code.UNKNOWN),
     "create: rlimit of 2^64-1": (
-        lambda s: _create(s, f"rl{next(_serial)}", _with_rlimits([BAD_RLIMIT])(s)),
+        lambda s: _create(s, f"rl{next(serial)}", _with_rlimits([BAD_RLIMIT])(s)),
         Code.INVALID_ARGUMENT, Code.UNKNOWN),
     "create: rlimit soft > hard": (
-        lambda s: _create(s, f"rs{next(_serial)}", _with_rlimits(
+        lambda s: _create(s, f"rs{next(serial)}", _with_rlimits(
             [{"type": "RLIMIT_NOFILE", "hard": 10, "soft": 20}])(s)),
         Code.INVALID_ARGUMENT, Code.UNKNOWN),
     "create: unknown rlimit type": (
-        lambda s: _create(s, f"rt{next(_serial)}", _with_rlimits(
+        lambda s: _create(s, f"rt{next(serial)}", _with_rlimits(
             [{"type": "RLIMIT_BOGUS", "hard": 10, "soft": 10}])(s)),
         Code.INVALID_ARGUMENT, Code.UNKNOWN),
     "create: memory limit -5": (
-        lambda s: _create(s, f"nm{next(_serial)}", _app(s, **{"linux.resources.memory": {"limit": -5}})),
+        lambda s: _create(s, f"nm{next(serial)}", _app(s, **{"linux.resources.memory": {"limit": -5}})),
         Code.INVALID_ARGUMENT, Code.UNKNOWN),
     "create: cpu shares -1": (
-        lambda s: _create(s, f"nc{next(_serial)}", _app(s, **{"linux.resources.cpu": {"shares": -1}})),
+        lambda s: _create(s, f"nc{next(serial)}", _app(s, **{"linux.resources.cpu": {"shares": -1}})),
         Code.INVALID_ARGUMENT, Code.UNKNOWN),
     "create: pids limit -7": (
-        lambda s: _create(s, f"np{next(_serial)}", _app(s, **{"linux.resources.pids": {"limit": -7}})),
+        lambda s: _create(s, f"np{next(serial)}", _app(s, **{"linux.resources.pids": {"limit": -7}})),
         Code.OK, Code.OK),  # runc reads <= 0 as "no limit"; graft passes it on that way
     "create: stdout of scheme foo://": (
-        lambda s: _create(s, f"us{next(_serial)}", s.app_spec(["true"]), stdout="foo://bar"),
+        lambda s: _create(s, f"us{next(serial)}", s.app_spec(["true"]), stdout="foo://bar"),
         Code.INVALID_ARGUMENT, Code.UNKNOWN),
     "exec: empty exec id": (
         lambda s: _exec_code(s, ""), Code.INVALID_ARGUMENT, Code.UNKNOWN),
@@ -307,11 +211,11 @@ CASES: dict[str, tuple[Case, Code, Code]] = {
         lambda s: _exec_code(s, "e" * 300), Code.INVALID_ARGUMENT, Code.UNKNOWN),
     "exec: exec id reused while it runs": (_reuse_exec_id, Code.ALREADY_EXISTS, Code.ALREADY_EXISTS),
     "exec: stdout of scheme foo://": (
-        lambda s: _exec_code(s, f"us{next(_serial)}", stdout="foo://bar"),
+        lambda s: _exec_code(s, f"us{next(serial)}", stdout="foo://bar"),
         Code.INVALID_ARGUMENT, Code.UNKNOWN),
     "exec: in an unknown container": (
         lambda s: s.code_of("Exec", pb.ExecProcessRequest(id="nope", exec_id="e",
-                                                          spec=_exec_spec(["true"])), Empty),
+                                                          spec=exec_spec(["true"])), Empty),
         Code.NOT_FOUND, Code.NOT_FOUND),
     "start: an exec already running": (_start_running_exec, Code.FAILED_PRECONDITION, Code.UNKNOWN),
     "delete: an exec still running": (_delete_running_exec, Code.FAILED_PRECONDITION, Code.UNKNOWN),
@@ -398,7 +302,7 @@ CTR_CASES: dict[str, tuple[Callable[[Shim, str], list[str]], str | None, str | N
 @pytest.mark.parametrize("case", list(CTR_CASES))
 async def test_bad_input_through_ctr(shim, containerd, case):
     make_args, graft_says, runc_says = CTR_CASES[case]
-    cid = f"ctr{next(_serial)}"
+    cid = f"ctr{next(serial)}"
     done = await asyncio.to_thread(containerd.ctr, *make_args(shim, cid), check=False, timeout=300)
     await asyncio.to_thread(containerd.ctr, "container", "rm", cid, check=False)
     expected = graft_says if shim.runtime == GRAFT else runc_says
@@ -412,7 +316,7 @@ async def test_bad_input_through_ctr(shim, containerd, case):
 
 
 async def test_reused_exec_id_through_ctr(shim, containerd):
-    eid = f"dup{next(_serial)}"
+    eid = f"dup{next(serial)}"
     exec_args = ["task", "exec", "-d", "--exec-id", eid, shim.pod, "sleep", "1000"]
     await asyncio.to_thread(containerd.ctr, *exec_args)
     try:
@@ -437,7 +341,7 @@ async def test_a_create_cancelled_by_its_deadline_is_undone_in_the_guest(shim):
     create, retried, succeeds (it would get AlreadyExists from a guest that kept it)."""
     _graft_only(shim)
     deadlines = (0.05, 0.1, 0.2, 0.3, 0.5, 0.8)  # some land while the guest creates
-    ids = [f"late{next(_serial)}" for _ in deadlines]
+    ids = [f"late{next(serial)}" for _ in deadlines]
     cancelled = 0
     for cid, deadline in zip(ids, deadlines):
         request = shim.create_request(cid, shim.app_spec(["sleep", "1000"]))
@@ -468,9 +372,9 @@ async def test_an_exec_start_cancelled_by_its_deadline_leaves_no_process(shim):
     before = await shim.call("Pids", pb.PidsRequest(id=shim.pod), pb.PidsResponse)
     cancelled = []
     for deadline in (0.01, 0.02, 0.04, 0.08, 0.15):  # some land while the guest execs
-        eid = f"lateexec{next(_serial)}"
+        eid = f"lateexec{next(serial)}"
         await shim.call("Exec", pb.ExecProcessRequest(id=shim.pod, exec_id=eid,
-                                                      spec=_exec_spec(["sleep", "1000"])), Empty)
+                                                      spec=exec_spec(["sleep", "1000"])), Empty)
         code = await shim.code_of("Start", pb.StartRequest(id=shim.pod, exec_id=eid),
                                   pb.StartResponse, timeout=deadline)
         if code is Code.OK:
@@ -497,7 +401,7 @@ async def test_sigint_to_pid_1_from_a_host_pid_container_leaves_the_vm_up(shim):
     _graft_only(shim)
     spec = shim.app_spec(["sh", "-c", "kill -INT 1 && kill -INT 1"])
     spec["linux"]["namespaces"] = [ns for ns in spec["linux"]["namespaces"] if ns["type"] != "pid"]
-    cid = f"hostpid{next(_serial)}"
+    cid = f"hostpid{next(serial)}"
     await shim.call("Create", shim.create_request(cid, spec), pb.CreateTaskResponse)
     await shim.call("Start", pb.StartRequest(id=cid), pb.StartResponse)
     waited = await shim.call("Wait", pb.WaitRequest(id=cid), pb.WaitResponse, timeout=60)
