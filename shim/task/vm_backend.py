@@ -206,7 +206,7 @@ class VmBackend:
 
     async def _undo_exec(self, container_id: str, exec_id: str) -> None:
         await ignoring_gone(self.agent.signal_process(container_id, exec_id, signals.SIGKILL))
-        await asyncio.wait_for(self.agent.wait_process(container_id, exec_id), 10)
+        await asyncio.wait_for(ignoring_gone(self.agent.wait_process(container_id, exec_id)), 10)
         await ignoring_gone(self.agent.delete_process(container_id, exec_id))
 
     async def delete_process(self, container_id: str, exec_id: str) -> None:
