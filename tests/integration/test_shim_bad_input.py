@@ -28,6 +28,7 @@ ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "hack" / "containerd"))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from leaks import shim_pids  # noqa: E402
 from testing import containerd, skip_or_fail, vm_missing  # noqa: E402,F401
 
 from shim_pod import (GRAFT, IMAGE, Shim, assert_pod_works, exec_spec, run_exec,  # noqa: E402
@@ -312,6 +313,10 @@ async def test_bad_input_through_ctr(shim, containerd, case):
         assert done.returncode == 0, error
     else:
         assert done.returncode != 0 and error.endswith(expected), error
+    deadline = time.monotonic() + 20  # a shim started for a refused container goes away
+    while shim_pids(containerd.address, cid):
+        assert time.monotonic() < deadline, f"shim of {cid} left running"
+        await asyncio.sleep(0.3)
     await assert_pod_works(shim)
 
 
