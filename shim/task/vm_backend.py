@@ -7,7 +7,9 @@ Decisions:
   * a container without CRI annotations (ctr run) is a pod of one: VM + container in the guest;
   * every pid reported to containerd is the VMM's: guest pids mean nothing on the host (and may
     collide with unrelated host processes); Pids lists the guest pids;
-  * the last container removed tears the VM down.
+  * the last container removed tears the VM down — unless the VM was launched through the
+    Sandbox API (launch_pod, containerd 2.x `sandboxer = "shim"`, no pause container): then it
+    lives until stop_pod, and its app containers come and go.
 """
 from __future__ import annotations
 
@@ -28,7 +30,7 @@ from shim.sandbox.state import LOCAL_NAMESPACE, SandboxRef
 from shim.timeline import Timeline
 from shim.ttrpc import Code, TtrpcError
 
-from .backend import ContainerConfig
+from .backend import ContainerConfig, PodVm
 from .bundle import ContainerKind, hostname, network_namespace
 from .errors import FailedPrecondition, NotFound, Unavailable
 from .guest_spec import HostBind, guest_spec
@@ -93,6 +95,7 @@ class VmBackend:
         self._oom_watch: asyncio.Task | None = None
         self._stop_task: asyncio.Task | None = None
         self._undo = GuestUndo()
+        self._vm_owned_by_task = False  # launched for a POD_VM/SINGLE task, not launch_pod
 
     def on_oom(self, handler: Callable[[str], None]) -> None:
         self._oom_handler = handler
@@ -112,18 +115,42 @@ class VmBackend:
 
     # -- lifecycle ------------------------------------------------------------------------------
 
-    async def _launch(self, config: ContainerConfig) -> None:
+    async def launch_pod(self, pod: PodVm) -> int:
+        self.timeline.mark(f"{pod.sandbox_id} StartSandbox")  # the Sandbox API's pod start
+        await self._launch(pod)
+        return self._pid
+
+    async def stop_pod(self) -> None:
+        await self._teardown()
+
+    async def wait_pod(self) -> ExitInfo:
+        if self._vm_exit is None:
+            raise FailedPrecondition("the pod VM was never launched")
+        return await asyncio.shield(self._vm_exit)
+
+    async def pod_metrics(self):
+        if self._sandbox is None:
+            raise FailedPrecondition("the pod VM is not running")
+        return vm_metrics(self._pid)
+
+    def pod_details(self) -> dict[str, str]:
+        if self._sandbox is None:
+            return {}
+        return {"boot": self._sandbox.boot_path.describe(), "vcpus": str(self._sandbox.size.vcpus),
+                "memory_mib": str(self._sandbox.size.memory_mib)}
+
+    async def _launch(self, pod: PodVm) -> None:
         from shim.config import load_config
         from shim.sandbox.sandbox import Sandbox
-        from shim.vmconfig.pod_resources import requested_resources
 
+        if self._sandbox is not None or self._vm_exit is not None:
+            raise FailedPrecondition(f"this shim already ran pod {self._sandbox_id}")
         graft_config = load_config(self._config_path or None)
-        ref = SandboxRef(config.sandbox_id, self._namespace, self._owner)
+        ref = SandboxRef(pod.sandbox_id, self._namespace, self._owner)
         self._sandbox = await Sandbox.launch(
-            ref, graft_config, netns=network_namespace(config.spec),
-            hostname=hostname(config.spec), resources=requested_resources(config.spec),
+            ref, graft_config, netns=pod.netns, hostname=pod.hostname, resources=pod.resources,
             timeline=self.timeline)
-        self._sandbox_id = config.sandbox_id
+        self._sandbox_id = pod.sandbox_id
         loop = asyncio.get_running_loop()
         self._vm_exit = loop.create_future()
         self._vm_watch = asyncio.ensure_future(self._watch_vm())
@@ -160,9 +187,8 @@ class VmBackend:
     async def create_container(self, config: ContainerConfig) -> int:
         self.timeline.mark(f"{config.id} create")
         if config.kind in (ContainerKind.POD_VM, ContainerKind.SINGLE):
-            if self._sandbox is not None:
-                raise FailedPrecondition(f"this shim already runs pod {self._sandbox_id}")
-            await self._launch(config)
+            await self._launch(_pod_vm(config))
+            self._vm_owned_by_task = True
         elif self._sandbox is None or config.sandbox_id != self._sandbox_id:
             raise NotFound(f"sandbox {config.sandbox_id} of container {config.id} "
                            "is not running in this shim")
@@ -250,7 +276,7 @@ class VmBackend:
             finally:
                 self._remove_binds(container_id)
                 self._sandbox.remove_container_rootfs(container_id)
-        if not self._kinds:
+        if not self._kinds and self._vm_owned_by_task:
             await self._teardown()
 
     async def _remove_in_guest(self, container_id: str) -> None:
@@ -352,3 +378,11 @@ class VmBackend:
     async def close(self) -> None:
         self._kinds.clear()
         await self._teardown()
+
+
+def _pod_vm(config: ContainerConfig) -> PodVm:
+    """The pod VM a POD_VM/SINGLE task's spec asks for."""
+    from shim.vmconfig.pod_resources import requested_resources
+
+    return PodVm(config.sandbox_id, network_namespace(config.spec), hostname(config.spec),
+                 requested_resources(config.spec))
