@@ -81,6 +81,11 @@ class AgentService:
         return pb.ExecProcessResponse(pid=pid)
 
     @_edge
+    async def DeleteProcess(self, req: pb.ProcessRequest) -> _EMPTY:
+        self._containers.delete_exec(req.container_id, req.exec_id)
+        return _EMPTY()
+
+    @_edge
     async def WaitProcess(self, req: pb.ProcessRequest) -> pb.WaitProcessResponse:
         info = await self._containers.wait(req.container_id, req.exec_id)
         return pb.WaitProcessResponse(exit_status=info.status, exited_at_ns=info.exited_at_ns)

@@ -13,6 +13,8 @@ import enum
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .bounded_log import read_tail
+
 
 class Accelerator(enum.Enum):
     AUTO = "auto"
@@ -203,8 +205,5 @@ class Hypervisor(abc.ABC):
         return await asyncio.open_unix_connection(str(self.paths.agent_socket))
 
     def console_tail(self, lines: int = 40) -> str:
-        try:
-            text = self.paths.console_log.read_text(errors="replace")
-        except OSError:
-            return ""
+        text = read_tail(self.paths.console_log).decode(errors="replace")
         return "\n".join(text.splitlines()[-lines:])

@@ -47,6 +47,7 @@ class LaunchSpec:
     control_fd: int  # listening unix socket for QMP
     agent_fd: int  # listening unix socket for the agent's virtio-serial port
     incoming: bool = False  # restore: wait for migrate-incoming, stay paused
+    console_fd: int | None = None  # connected socket the host reads (else: console_log file)
     qboot: Path | None = QBOOT_ROM  # None or missing file = QEMU's SeaBIOS
     nic_fd: int | None = None  # tap fd of the boot NIC (config.boot_nic_mac)
 
@@ -103,8 +104,8 @@ def build_argv(config: HypervisorConfig, paths: VmPaths, spec: LaunchSpec,
         "-kernel", str(config.kernel),
         "-initrd", str(config.initrd),
         "-append", guest_cmdline(config.kernel_params, config.agent_port_name),
-        # console: serial → file
-        "-chardev", f"file,id=console,path={opt(paths.console_log)}",
+        # console: serial → a socket the host reads into a bounded log (a file as fallback)
+        "-chardev", _console_chardev(paths, spec),
         "-serial", "chardev:console",
         # QMP on a socket the host bound (no connect polling)
         "-chardev", f"socket,id={QMP_CHARDEV_ID},fd={spec.control_fd},server=on,wait=off",
@@ -135,6 +136,12 @@ def build_argv(config: HypervisorConfig, paths: VmPaths, spec: LaunchSpec,
         argv += ["-S", "-incoming", "defer"]
     argv += list(config.extra_args)
     return argv
+
+
+def _console_chardev(paths: VmPaths, spec: LaunchSpec) -> str:
+    if spec.console_fd is not None:
+        return f"socket,id=console,fd={spec.console_fd}"
+    return f"file,id=console,path={opt(paths.console_log)}"
 
 
 def memory_option(config: HypervisorConfig) -> str:

@@ -64,6 +64,9 @@ class PodBackend(Protocol):
     async def exec_process(self, container_id: str, exec_id: str, process_json: bytes,
                            stdio: StdioSpec) -> int: ...
 
+    async def delete_process(self, container_id: str, exec_id: str) -> None:
+        """Free an exited exec's resources in the guest (its Delete)."""
+
     async def wait_process(self, container_id: str, exec_id: str) -> ExitInfo:
         """Return when the process has really exited."""
 

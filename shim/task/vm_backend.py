@@ -23,6 +23,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from shim.agent.client import AgentClient
+from shim.agent.pacing import MinInterval
 from shim.mounts import bind_mount, mounts_under, unmount_all_under
 from shim.sandbox.sandbox import GUEST_SHARE_MOUNT
 from shim.sandbox.state import LOCAL_NAMESPACE, SandboxRef
@@ -33,6 +34,7 @@ from .backend import ContainerConfig, PodVm
 from .bundle import ContainerKind, hostname, network_namespace
 from .errors import FailedPrecondition, NotFound, Unavailable
 from .guest_spec import HostBind, guest_spec
+from .guest_undo import GuestUndo, ignoring_gone
 from .metrics import metrics_from_agent, vm_metrics
 from .process import ExitInfo
 from .stdio import StdioSpec
@@ -40,6 +42,7 @@ from .stdio import StdioSpec
 log = logging.getLogger(__name__)
 
 _MOUNTS_DIR = ".mounts"  # not a valid container id: never collides with a rootfs dir
+OOM_EVENT_INTERVAL_SECONDS = 0.2
 
 
 class _AgentStreams:
@@ -91,6 +94,7 @@ class VmBackend:
         self._oom_handler: Callable[[str], None] = lambda container_id: None
         self._oom_watch: asyncio.Task | None = None
         self._stop_task: asyncio.Task | None = None
+        self._undo = GuestUndo()
         self._vm_owned_by_task = False  # launched for a POD_VM/SINGLE task, not launch_pod
 
     def on_oom(self, handler: Callable[[str], None]) -> None:
@@ -153,7 +157,9 @@ class VmBackend:
         self._oom_watch = asyncio.ensure_future(self._watch_oom())
 
     async def _watch_oom(self) -> None:
+        pace = MinInterval(OOM_EVENT_INTERVAL_SECONDS)  # a guest answering at once cannot flood
         while self._sandbox is not None:
+            await pace.wait()
             try:
                 container_id = await self.agent.get_oom_event()
             except asyncio.CancelledError:
@@ -194,8 +200,9 @@ class VmBackend:
             spec, binds = guest_spec(config.spec, f"{GUEST_SHARE_MOUNT}/{_MOUNTS_DIR}/{config.id}")
             self._expose_binds(config.id, binds)
             guest_rootfs = self._sandbox.add_container_rootfs(config.id, config.rootfs)
-            await self.agent.create_container(
-                config.id, json.dumps(spec).encode(), guest_rootfs, stdin=config.stdio.has_stdin)
+            await self._undo.call((config.id, ""), self.agent.create_container(
+                config.id, json.dumps(spec).encode(), guest_rootfs, stdin=config.stdio.has_stdin),
+                undo=lambda: ignoring_gone(self.agent.remove_container(config.id, force=True)))
             self.timeline.mark(f"{config.id} created")
         except BaseException:
             self._remove_binds(config.id)
@@ -209,15 +216,28 @@ class VmBackend:
     async def start_container(self, container_id: str) -> None:
         if self._guest(container_id):
             self.timeline.mark(f"{container_id} start")
-            await self.agent.start_container(container_id)
+            await self._undo.call((container_id, ""), self.agent.start_container(container_id),
+                                  undo=lambda: ignoring_gone(self.agent.signal_process(
+                                      container_id, "", signals.SIGKILL, all=True)))
             self.timeline.mark(f"{container_id} started")
 
     async def exec_process(self, container_id: str, exec_id: str, process_json: bytes,
                            stdio: StdioSpec) -> int:
         if not self._guest(container_id):
             raise FailedPrecondition(f"{container_id} is the pod VM: nothing to exec into")
-        await self.agent.exec_process(container_id, exec_id, process_json, stdin=stdio.has_stdin)
+        await self._undo.call((container_id, exec_id), self.agent.exec_process(
+            container_id, exec_id, process_json, stdin=stdio.has_stdin),
+            undo=lambda: self._undo_exec(container_id, exec_id))
         return self._pid
+
+    async def _undo_exec(self, container_id: str, exec_id: str) -> None:
+        await ignoring_gone(self.agent.signal_process(container_id, exec_id, signals.SIGKILL))
+        await asyncio.wait_for(ignoring_gone(self.agent.wait_process(container_id, exec_id)), 10)
+        await ignoring_gone(self.agent.delete_process(container_id, exec_id))
+
+    async def delete_process(self, container_id: str, exec_id: str) -> None:
+        if self._guest(container_id):
+            await self.agent.delete_process(container_id, exec_id)
 
     async def wait_process(self, container_id: str, exec_id: str) -> ExitInfo:
         assert self._vm_exit is not None
@@ -335,6 +355,7 @@ class VmBackend:
             self._stop_task = asyncio.ensure_future(self._sandbox.stop())
 
     async def _teardown(self) -> None:
+        await self._undo.close()
         if self._oom_watch is not None:
             self._oom_watch.cancel()
             await asyncio.gather(self._oom_watch, return_exceptions=True)

@@ -5,6 +5,7 @@ import json
 from pathlib import Path
 
 import pytest
+import pytest_asyncio
 
 
 @pytest.fixture
@@ -29,3 +30,13 @@ def agent_process(tmp_path_factory: pytest.TempPathFactory):
     leftovers = agent.leftovers()
     assert rc == 0, agent.log()
     assert not leftovers, f"{leftovers}\n{agent.log()}"
+
+
+@pytest_asyncio.fixture
+async def agent(agent_process):
+    """A ttrpc client of the module's agent process."""
+    from agent_harness import AgentClient
+
+    client = await AgentClient.connect(agent_process)
+    yield client
+    await client.close()

@@ -159,17 +159,25 @@ async def test_input_stream_close_and_broken_pipe():
 
     r, w = os.pipe()
     stdin = InputStream(w, is_tty=False)
-    writing = asyncio.ensure_future(stdin.write(b"y" * 200_000))  # more than a pipe holds
+    data = b"y" * 200_000  # more than a pipe holds: writes return what went in
+    first = await stdin.write(data)
+    assert 0 < first < len(data)
+    writing = asyncio.ensure_future(stdin.write(data[first:]))
     await asyncio.sleep(0.05)
-    assert not writing.done()
+    assert not writing.done()  # the pipe is full: waits for the reader
     chunks = b""
     os.set_blocking(r, False)
-    while len(chunks) < 200_000:
+    sent = first
+    while len(chunks) < len(data):
         try:
             chunks += os.read(r, 65536)
         except BlockingIOError:
             await asyncio.sleep(0.01)
-    assert await writing == 200_000 and chunks == b"y" * 200_000
+        if writing.done():
+            sent += writing.result()
+            writing = asyncio.ensure_future(stdin.write(data[sent:]))
+    assert chunks == data and sent == len(data)
+    assert await writing == 0  # nothing was left to write
     os.close(r)
     with pytest.raises(FailedPrecondition):
         await stdin.write(b"nobody reads")
