@@ -71,6 +71,10 @@ KEYS: tuple[Key, ...] = (
         "Restore sandboxes from the template built by `graft factory init`, when valid."),
     Key("factory", "template_path", "/run/graft/template", str,
         "Template directory (a tmpfs sized guest memory + 8 MiB is mounted there)."),
+    Key("factory", "cache_size", 0, int,
+        "Clones the shim's fork server keeps restored ahead of demand for pods of this config "
+        "(a warm pool; 0 = none). Each holds a VM's memory while it waits. QEMU only.",
+        check=lambda v: 0 <= v <= 64),
 )
 
 

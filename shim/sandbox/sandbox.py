@@ -17,7 +17,7 @@ from pathlib import Path
 
 from shim.agent.client import AgentClient
 from shim.config import GraftConfig
-from shim.factory.boot import BootPath, boot_vm
+from shim.factory.boot import BootedVm, BootPath, boot_vm
 from shim.factory.boot_nic import open_clone_tap
 from shim.factory.sizing import VmSize
 from shim.hypervisor.base import Hypervisor, NetworkDevice, VmPaths
@@ -92,6 +92,15 @@ class Sandbox:
                 await asyncio.to_thread(detach_endpoint, attached.netns, attached.tap_name)
             state.remove_run_dir(run_dir)
             raise
+        return await cls.complete(ref, config, paths, booted, endpoint, hostname, dns, timeline)
+
+    @classmethod
+    async def complete(cls, ref: SandboxRef, config: GraftConfig, paths: VmPaths,
+                       booted: BootedVm, endpoint: PodEndpoint | None, hostname: str,
+                       dns: list[str] | None, timeline: Timeline) -> "Sandbox":
+        """The last phase, whichever way the VM came (booted, restored, or handed over from
+        the warm pool): record it, give the guest the pod's network, CreateSandbox. On
+        failure everything is torn down."""
         sandbox = cls(ref, config, paths, booted.hypervisor, booted.agent,
                       booted.boot_path, booted.size)
         sandbox.endpoint = endpoint
