@@ -22,6 +22,9 @@ log = logging.getLogger(__name__)
 
 MAX_BACKOFF = 60.0
 HANDOFF_TIMEOUT = 5.0
+# How often a pool's config file is looked at again: edited → members replaced; removed or
+# pools turned off → members stopped.
+RECHECK_SECONDS = 5.0
 _MAX_MESSAGE = 1 << 20
 
 
@@ -57,7 +60,11 @@ def pool_size(config_path: str) -> tuple[int, str]:
         config = load_config(config_path or None)
     except (ConfigError, OSError):
         return 0, ""
-    stamp = f"{config.source}:{os.stat(config.source).st_mtime_ns if config.source else 0}"
+    try:
+        mtime = os.stat(config.source).st_mtime_ns if config.source else 0
+    except OSError:
+        return 0, ""
+    stamp = f"{config.source}:{mtime}"
     if not config.enable_template or config.get("hypervisor", "kind") != "qemu":
         return 0, stamp
     return int(config.get("factory", "cache_size")), stamp
@@ -67,6 +74,7 @@ class Pools:
     def __init__(self, close_in_children: tuple[int, ...]) -> None:
         self._pools: dict[str, Pool] = {}
         self._close = close_in_children  # the server's own fds, never a member's
+        self._checked = time.monotonic()
 
     def sockets(self) -> list[socket.socket]:
         return [m.sock for pool in self._pools.values() for m in pool.members]
@@ -81,9 +89,11 @@ class Pools:
         pool = self._pools.get(config_path)
         if pool is not None and pool.stamp == stamp:
             return
-        if pool is not None:  # the config changed: members of the old one are stale
+        if pool is not None:  # the config changed (or went): members of the old one go
             for member in pool.members:
                 member.sock.close()
+            log.info("pool for %s: config changed, %d members stopped",
+                     config_path or "defaults", len(pool.members))
         if size > 0:
             self._pools[config_path] = Pool(config_path, size, stamp)
             _clean_stale(config_path)
@@ -135,6 +145,10 @@ class Pools:
 
     def fill(self) -> None:
         now = time.monotonic()
+        if now - self._checked >= RECHECK_SECONDS:
+            self._checked = now
+            for config_path in list(self._pools):
+                self.note_config(config_path)
         for pool in self._pools.values():
             while len(pool.members) < pool.size and now >= pool.retry_at:
                 try:
@@ -146,10 +160,14 @@ class Pools:
                     break
 
     def next_wakeup(self) -> float | None:
-        """Seconds until a backed-off pool may be refilled (for the server's select)."""
-        waits = [p.retry_at - time.monotonic() for p in self._pools.values()
-                 if len(p.members) < p.size]
-        return max(0.0, min(waits)) if waits else None
+        """Seconds until a pool needs the server again (refill after a back-off, config
+        recheck), for its select; None without pools."""
+        if not self._pools:
+            return None
+        now = time.monotonic()
+        waits = [p.retry_at - now for p in self._pools.values() if len(p.members) < p.size]
+        waits.append(self._checked + RECHECK_SECONDS - now)
+        return max(0.0, min(waits))
 
     @property
     def active(self) -> bool:

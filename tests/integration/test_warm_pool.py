@@ -39,7 +39,8 @@ def _wait(predicate, timeout: float, what: str) -> None:
 
 def _fork_server() -> psutil.Process | None:
     for proc in psutil.process_iter(["cmdline"]):
-        if " ".join(proc.info["cmdline"] or []).endswith(f"fork-server {server_path()}"):
+        title = " ".join(filter(None, proc.info["cmdline"] or []))  # setproctitle pads
+        if title.endswith(f"fork-server {server_path()}"):
             return proc
     return None
 
