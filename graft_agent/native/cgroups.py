@@ -14,12 +14,15 @@ from . import device_filter
 from .resources import CgroupWrite, ResourcePlan
 
 _EMPTY_POLL_S = 0.002
+# The controllers delegated down to containers (crun's set: rdma and misc stay at the root).
+DELEGATED = ("cpuset", "cpu", "io", "memory", "hugetlb", "pids")
 
 
 def enable_controllers(path: str) -> None:
-    """mkdir every ancestor of `path` and delegate all of the root's controllers down to it
-    (as crun does: the container's own directory gets them all available)."""
-    wanted = read_text(os.path.join(CGROUP_ROOT, "cgroup.controllers")).split()
+    """mkdir every ancestor of `path` and delegate the controllers down to it (as crun does:
+    the container's own directory gets them all available)."""
+    available = read_text(os.path.join(CGROUP_ROOT, "cgroup.controllers")).split()
+    wanted = [c for c in DELEGATED if c in available]
     parts = [p for p in path.strip("/").split("/") if p]
     current = CGROUP_ROOT
     for part in parts[:-1]:

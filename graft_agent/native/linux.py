@@ -10,11 +10,10 @@ from __future__ import annotations
 
 import ctypes
 import os
-import platform
 import struct
 
-if platform.machine() not in ("x86_64", "AMD64"):  # pragma: no cover - the guest is x86-64
-    raise ImportError(f"the native runtime knows x86-64 syscall numbers only, not {platform.machine()}")
+if os.uname().machine != "x86_64":  # pragma: no cover - the guest is x86-64
+    raise ImportError(f"the native runtime knows x86-64 syscall numbers only, not {os.uname().machine}")
 
 # asm/unistd_64.h
 SYS_SETGROUPS = 116

@@ -42,7 +42,7 @@ ls -l /dev | grep -- '->' | awk '{print $9, $10, $11}'
 s fds; for fd in 0 1 2; do echo "$fd $(readlink /proc/self/fd/$fd) $(stat -L -c '%u:%g' /proc/self/fd/$fd)"; done
 s tty; tty; stty size 2>&1
 s devices; head -c 1 /dev/zero | wc -c
-if mknod /tmp/.kmsg c 1 11 2>/dev/null; then head -c 1 /tmp/.kmsg >/dev/null 2>&1; echo "open c1:11 $?"; rm -f /tmp/.kmsg; else echo "mknod refused"; fi
+if mknod /dev/.tun c 10 200 2>/dev/null; then echo "tun: $(head -c 1 /dev/.tun 2>&1 >/dev/null | sed 's/.*: //')"; rm -f /dev/.tun; else echo "mknod refused"; fi
 s writes; touch /.probe 2>&1; echo "touch / $?"; rm -f /.probe
 echo 1 2>&1 >/proc/sys/kernel/ns_last_pid; echo "write /proc/sys $?"
 cat /proc/kcore 2>&1 | head -c 1 | wc -c
@@ -57,6 +57,7 @@ class Case:
     name: str
     change: Callable[[dict], None] = lambda spec: None
     expect: list[str] = field(default_factory=list)   # lines (substrings) the probe must show
+    reject: list[str] = field(default_factory=list)   # ... and must not show
     exec_process: Callable[[dict], dict] | None = None  # run PROBE as an exec, not as the init
     probe_extra: str = ""
     exit_status: int = 0
@@ -164,7 +165,7 @@ def _allowlist_profile() -> dict:
 def cases(rootfs_guest: str) -> list[Case]:
     return [
         Case("cri-default", expect=["Uid:\t0\t0\t0\t0", "CapBnd:\t00000000a80425fb", "NoNewPrivs:\t0",
-                                    "/proc/kcore", "write /proc/sys 1"]),
+                                    "/proc/kcore", "write /proc/sys 1", "tun: Operation not permitted"]),
         Case("user-and-groups", _set("process.user", {"uid": 1000, "gid": 1000, "additionalGids": [10, 20, 1000]}),
              expect=["Uid:\t1000\t1000\t1000\t1000", "Groups:\t10 20 1000", "CapEff:\t0000000000000000"]),
         Case("umask", _set("process.user", {"uid": 0, "gid": 0, "umask": 0o027}), expect=["Umask:\t0027"]),
@@ -219,11 +220,12 @@ def cases(rootfs_guest: str) -> list[Case]:
                                     "fileMode": 0o640, "uid": 0, "gid": 0},
                                    {"path": "/dev/extra/kmsg", "type": "c", "major": 1, "minor": 11}]),
             _set("linux.resources.devices", [{"allow": False, "access": "rwm"},
-                                             {"allow": True, "type": "c", "major": 1, "minor": 11,
+                                             {"allow": True, "type": "c", "major": 10, "minor": 200,
                                               "access": "r"}])),
-             expect=["/dev/fuse crw-r-----", "open c1:11 0"]),
+             expect=["/dev/fuse crw-r-----", "/dev/extra drwx", "tun: "],
+             reject=["tun: Operation not permitted"]),   # allowed: the tun driver answers
         Case("devices-allow-all", _set("linux.resources.devices", [{"allow": True, "access": "rwm"}]),
-             expect=["open c1:11 0"]),
+             expect=["tun: "], reject=["tun: Operation not permitted"]),
         Case("sysctl-oom", _all(_set("linux.sysctl", {"kernel.shm_rmid_forced": "1",
                                                        "net.ipv4.ip_unprivileged_port_start": "80"}),
                                 _add_namespace("network"), _set("process.oomScoreAdj", 500)),
