@@ -40,6 +40,7 @@ class ChildSetup(NamedTuple):
     stdio: tuple[int, int, int] | None   # fds for 0, 1, 2 (None: the process gets a terminal)
     seccomp: SeccompProgram | None
     last_cap: int
+    handled_signals: list[int]       # signals the agent handles or ignores (reset to default)
 
 
 class InitSetup(NamedTuple):
@@ -84,10 +85,8 @@ def _detach_from_agent(common: ChildSetup) -> None:
     agent's signal handlers (and their wakeup fd) must not run here."""
     L.prctl(L.PR_SET_DUMPABLE, 0, what="prctl(PR_SET_DUMPABLE)")
     signal.set_wakeup_fd(-1)
-    for sig in range(1, signal.NSIG):
-        handler = signal.getsignal(sig)
-        if handler not in (None, signal.SIG_DFL) and sig not in (signal.SIGKILL, signal.SIGSTOP):
-            signal.signal(sig, signal.SIG_DFL)   # also undoes Python's SIG_IGN of SIGPIPE/SIGXFSZ
+    for sig in common.handled_signals:   # also undoes Python's SIG_IGN of SIGPIPE/SIGXFSZ
+        signal.signal(sig, signal.SIG_DFL)
     if common.stdio is not None:
         for target, fd in enumerate(common.stdio):
             os.dup2(fd, target)
@@ -114,28 +113,41 @@ def _chown_std_streams(uid: int, gid: int) -> None:
                     raise
 
 
+def _read_file(path: str) -> str | None:
+    """A small file's text (os-level: no io objects in the child); None if it does not exist."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    except FileNotFoundError:
+        return None
+    try:
+        chunks = []
+        while chunk := os.read(fd, 65536):
+            chunks.append(chunk)
+    finally:
+        os.close(fd)
+    return b"".join(chunks).decode(errors="replace")
+
+
 def _environment(env: list[str], uid: int) -> dict[str, str]:
     values: dict[str, str] = {}
     for entry in env:
         name, _, value = entry.partition("=")
         values[name] = value
     if "HOME" not in values:
-        try:
-            with open("/etc/passwd") as f:
-                passwd: str | None = f.read()
-        except FileNotFoundError:
-            passwd = None
-        home = home_from_passwd(passwd, uid)
+        home = home_from_passwd(_read_file("/etc/passwd"), uid)
         if home is not None:
             values["HOME"] = home
     return values
 
 
 def _runnable(path: str) -> bool:
+    """What eaccess(X_OK) says to root (the child is still root when it looks): a regular
+    file with any execute bit."""
     try:
-        return os.access(path, os.X_OK, effective_ids=True) and stat.S_ISREG(os.stat(path).st_mode)
+        mode = os.stat(path).st_mode
     except OSError:
         return False
+    return stat.S_ISREG(mode) and bool(mode & 0o111)
 
 
 def find_executable(name: str, path_env: str | None, cwd: str) -> str:
@@ -194,9 +206,12 @@ def _rlimits(process: ProcessPlan) -> None:
         L.setrlimit(resource, soft, hard)
 
 
-def _oom_score_adj(value: int) -> None:
-    with open("/proc/self/oom_score_adj", "w") as f:
-        f.write(str(value))
+def _write_file(path: str, value: str) -> None:
+    fd = os.open(path, os.O_WRONLY | os.O_CLOEXEC)
+    try:
+        os.write(fd, value.encode())
+    finally:
+        os.close(fd)
 
 
 def _exec(common: ChildSetup, executable: str, args: list[str], env: dict[str, str],
@@ -218,13 +233,12 @@ def init_body(setup: InitSetup) -> None:
         L.setns(fd, nstype)
         os.close(fd)
     if process.oom_score_adj:
-        _oom_score_adj(process.oom_score_adj)
+        _write_file("/proc/self/oom_score_adj", str(process.oom_score_adj))
     if plan.namespaces.new_cgroup:
         L.unshare(L.CLONE_NEWCGROUP)   # now, so its root is the container's own cgroup
     L.setgroups(process.additional_gids)
     for name, value in plan.sysctls:
-        with open(f"/proc/sys/{name}", "w") as f:
-            f.write(value)
+        _write_file(f"/proc/sys/{name}", value)
     root = prepare_rootfs(plan)
     pivot(plan, root, setup.no_pivot)
     _reopen_dev_null()
@@ -271,7 +285,7 @@ def exec_body(setup: ExecSetup) -> None:
     L.setns(setup.init_pidfd, setup.namespace_flags)   # mount ns: root and cwd are the container's
     os.close(setup.init_pidfd)
     if process.oom_score_adj is not None:
-        _oom_score_adj(process.oom_score_adj)
+        _write_file("/proc/self/oom_score_adj", str(process.oom_score_adj))
     chdir_done = _try_chdir(process.cwd)
     env = _environment(process.env or container.process.env, process.uid)
     executable = find_executable(process.args[0], env.get("PATH"), process.cwd)

@@ -55,20 +55,18 @@ class Rootfs:
         parent, _, name = rel.rstrip("/").rpartition("/")
         parent_fd = self.ensure(parent, True, _DIR_MODE) if parent else self.open("")
         try:
-            if is_dir:
-                try:
+            try:
+                if is_dir:
                     os.mkdir(name, mode, dir_fd=parent_fd)
-                except FileExistsError:
-                    pass
-            else:
-                try:
-                    os.close(os.open(name, os.O_CREAT | os.O_WRONLY | os.O_CLOEXEC | os.O_NOFOLLOW,
+                else:
+                    os.close(os.open(name, os.O_CREAT | os.O_EXCL | os.O_WRONLY | os.O_CLOEXEC,
                                      mode, dir_fd=parent_fd))
-                except FileExistsError:
-                    pass
+            except FileExistsError:
+                return self.open(rel)   # appeared meanwhile (maybe as a symlink): resolve it fully
+            # Just created by us, so no symlink: open it where it is.
+            return L.openat2(parent_fd, name, _O_PATH | os.O_NOFOLLOW, L.RESOLVE_NO_SYMLINKS)
         finally:
             os.close(parent_fd)
-        return self.open(rel)
 
     # -- crun's do_mount -----------------------------------------------------------------------
 
@@ -76,17 +74,20 @@ class Rootfs:
                  flags: int, data: str | None) -> None:
         """Mount onto target_fd (rel names it again afterwards); takes ownership of target_fd."""
         fd = target_fd
+        propagation = flags & L.PROPAGATION_FLAGS
+        single_instance = bool(data) and fstype == "proc"
+        needs_remount = bool(flags & (L.MS_BIND | L.MS_RDONLY)) or single_instance
         try:
             if fstype or flags & L.MS_BIND:
                 L.mount(source, fd_path(fd), fstype, flags & ~(L.PROPAGATION_FLAGS | L.MS_RDONLY), data)
                 os.close(fd)
                 fd = -1
+                if not (propagation or needs_remount):
+                    return
                 fd = self.open(rel)  # the old fd is underneath the new mount
-            propagation = flags & L.PROPAGATION_FLAGS
             if propagation:
                 L.mount(None, fd_path(fd), None, (flags & L.MS_REC) | propagation)
-            single_instance = bool(data) and fstype == "proc"
-            if flags & (L.MS_BIND | L.MS_RDONLY) or single_instance:
+            if needs_remount:
                 remount = (L.MS_REMOUNT | (0 if single_instance else L.MS_BIND)
                            | (flags & ~(L.PROPAGATION_FLAGS | L.MS_REC)))
                 if remount & L.MS_RDONLY:
@@ -133,10 +134,13 @@ def prepare_rootfs(plan: ContainerPlan, agent_dev_null: str = "/dev/null") -> Ro
     """Everything before pivot_root (crun's libcrun_set_mounts)."""
     root = Rootfs(plan.rootfs)
     L.mount(None, "/", None, plan.root_propagation)
-    _make_parent_private(plan.rootfs)
+    all_private = plan.root_propagation == L.MS_REC | L.MS_PRIVATE
+    if not all_private:   # (when everything just became private, both calls change nothing)
+        _make_parent_private(plan.rootfs)
     L.mount(plan.rootfs, plan.rootfs, None, L.MS_BIND | L.MS_REC)
-    L.mount(None, plan.rootfs, None, L.MS_REC | L.MS_PRIVATE)
     root.fd = os.open(plan.rootfs, _O_PATH)
+    if not all_private:
+        L.mount(None, fd_path(root.fd), None, L.MS_REC | L.MS_PRIVATE)
     remount_fd(root.fd, L.MS_REMOUNT | L.MS_BIND)
     if plan.readonly_root:
         root._remounts.append((os.dup(root.fd), L.MS_REMOUNT | L.MS_BIND | L.MS_RDONLY))

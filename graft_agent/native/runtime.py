@@ -183,7 +183,7 @@ class NativeRuntime:
             stdio = (fds[0], fds[1], fds[2])
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         ours.setblocking(False)
-        return child.ChildSetup(theirs, stdio, seccomp, self._last_cap), ours, owned
+        return child.ChildSetup(theirs, stdio, seccomp, self._last_cap, _handled_signals()), ours, owned
 
     def _clone(self, body: Callable, setup, flags: int, cgroup_fd: int, pidns_fd: int,
                common: child.ChildSetup, owned: list[int]) -> tuple[int, asyncio.Future]:
@@ -276,6 +276,12 @@ async def _receive(sock: socket.socket) -> tuple[bytes, list[int]]:
             await wait_readable(sock.fileno())
         except ConnectionResetError:
             return b"", []
+
+
+def _handled_signals() -> list[int]:
+    """Signals whose disposition is not the default here (computed in the agent, not in the
+    child, where every object touched costs a copy-on-write fault)."""
+    return [sig for sig in _ALL_SIGNALS if signal.getsignal(sig) not in (None, signal.SIG_DFL)]
 
 
 def _close_all(fds: list[int]) -> None:
