@@ -18,12 +18,20 @@ _EMPTY_POLL_S = 0.002
 DELEGATED = ("cpuset", "cpu", "io", "memory", "hugetlb", "pids")
 
 
+_delegated_parents: set[str] = set()
+_device_programs: dict[bytes, int] = {}   # loaded filters, shared by containers with equal rules
+_PROGRAM_CACHE_SIZE = 8
+
+
 def enable_controllers(path: str) -> None:
     """mkdir every ancestor of `path` and delegate the controllers down to it (as crun does:
     the container's own directory gets them all available)."""
     available = read_text(os.path.join(CGROUP_ROOT, "cgroup.controllers")).split()
     wanted = [c for c in DELEGATED if c in available]
     parts = [p for p in path.strip("/").split("/") if p]
+    parent = "/".join(parts[:-1])
+    if parent in _delegated_parents and os.path.isdir(os.path.join(CGROUP_ROOT, parent)):
+        return
     current = CGROUP_ROOT
     for part in parts[:-1]:
         _delegate(current, wanted)
@@ -33,6 +41,7 @@ def enable_controllers(path: str) -> None:
         except FileExistsError:
             pass
     _delegate(current, wanted)
+    _delegated_parents.add(parent)
 
 
 def _delegate(directory: str, wanted: list[str]) -> None:
@@ -64,6 +73,7 @@ class NativeCgroup:
         self.dir = os.path.join(CGROUP_ROOT, self.path.lstrip("/"))
         self.fd = -1
         self._device_program = -1
+        self._owned_program = -1   # a filter loaded for this cgroup alone (cache full)
 
     @classmethod
     def create(cls, path: str, plan: ResourcePlan) -> "NativeCgroup":
@@ -93,16 +103,27 @@ class NativeCgroup:
             self._write(write)
 
     def _set_devices(self, plan: ResourcePlan) -> None:
-        program = device_filter.load(device_filter.assemble(plan.devices or []))
+        code = device_filter.assemble(plan.devices or [])
+        program = _device_programs.get(code, -1)
+        owned = program < 0 and len(_device_programs) >= _PROGRAM_CACHE_SIZE
+        if program < 0:
+            program = device_filter.load(code)
+            if not owned:
+                _device_programs[code] = program
+        if program == self._device_program:
+            return
         try:
             device_filter.attach(program, self.fd)
         except BaseException:
-            os.close(program)
+            if owned:
+                os.close(program)
             raise
-        old, self._device_program = self._device_program, program
+        old, old_owned = self._device_program, self._owned_program
+        self._device_program, self._owned_program = program, program if owned else -1
         if old >= 0:  # both were attached for a moment: the stricter of the two applied
             device_filter.detach(old, self.fd)
-            os.close(old)
+        if old_owned >= 0:
+            os.close(old_owned)
 
     def _write(self, write: CgroupWrite) -> None:
         try:
@@ -157,7 +178,9 @@ class NativeCgroup:
         self.close()
 
     def close(self) -> None:
-        for fd in (self._device_program, self.fd):
+        """(A cached device filter stays loaded for other containers; the cgroup's removal
+        detaches it.)"""
+        for fd in (self._owned_program, self.fd):
             if fd >= 0:
                 os.close(fd)
-        self._device_program = self.fd = -1
+        self._device_program = self._owned_program = self.fd = -1

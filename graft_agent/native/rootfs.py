@@ -131,7 +131,9 @@ def remount_fd(fd: int, flags: int) -> None:
 # -- the whole sequence -------------------------------------------------------------------------
 
 def prepare_rootfs(plan: ContainerPlan, agent_dev_null: str = "/dev/null") -> Rootfs:
-    """Everything before pivot_root (crun's libcrun_set_mounts)."""
+    """Everything before pivot_root (crun's libcrun_set_mounts). Runs with umask 0, so nodes
+    get their modes at creation (the process's umask is set later)."""
+    os.umask(0)
     root = Rootfs(plan.rootfs)
     L.mount(None, "/", None, plan.root_propagation)
     all_private = plan.root_propagation == L.MS_REC | L.MS_PRIVATE
@@ -219,8 +221,8 @@ def create_devices(root: Rootfs, devices: list[DeviceNode], terminal: bool) -> N
                 if force:
                     _replace_with_symlink(devfd, target, name)
         if terminal:
-            try:
-                os.close(os.open("console", os.O_CREAT | os.O_WRONLY | os.O_CLOEXEC, 0o620, dir_fd=devfd))
+            try:   # 0620 under crun's umask 022
+                os.close(os.open("console", os.O_CREAT | os.O_WRONLY | os.O_CLOEXEC, 0o600, dir_fd=devfd))
             except FileExistsError:
                 pass
     finally:
@@ -244,17 +246,13 @@ def _make_node(root: Rootfs, devfd: int, device: DeviceNode) -> None:
         dirfd = root.ensure(parent.lstrip("/"), True, 0o755) if parent else root.open("")
         rel, close_dir = name, True
     try:
-        try:
+        try:   # umask is 0: the mode is exact (setuid/setgid/sticky bits too)
             os.mknod(rel, device.mode | device.kind, os.makedev(device.major, device.minor),
                      dir_fd=dirfd)
         except FileExistsError:
             return
-        node = L.openat2(dirfd, rel, _O_PATH | os.O_NOFOLLOW, 0)
-        try:
-            os.chmod(fd_path(node), device.mode)
-            os.chown(fd_path(node), device.uid, device.gid)
-        finally:
-            os.close(node)
+        if device.uid or device.gid:
+            os.chown(rel, device.uid, device.gid, dir_fd=dirfd, follow_symlinks=False)
     finally:
         if close_dir:
             os.close(dirfd)
@@ -304,7 +302,9 @@ def pivot(plan: ContainerPlan, root: Rootfs, no_pivot: bool) -> None:
         finally:
             os.close(new_root)
             os.close(old_root)
-        L.mount(None, ".", None, L.MS_REC | L.MS_PRIVATE)
+        all_private = plan.root_propagation == L.MS_REC | L.MS_PRIVATE   # then already so
+        if not all_private:
+            L.mount(None, ".", None, L.MS_REC | L.MS_PRIVATE)
         L.umount2(".", L.MNT_DETACH)
         while True:
             try:
@@ -314,7 +314,8 @@ def pivot(plan: ContainerPlan, root: Rootfs, no_pivot: bool) -> None:
                     break
                 raise
         os.chdir("/")
-        L.mount(None, "/", None, plan.root_propagation)
+        if not all_private:
+            L.mount(None, "/", None, plan.root_propagation)
     os.chdir("/")
     if root.fd >= 0:
         os.close(root.fd)
