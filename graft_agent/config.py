@@ -20,7 +20,7 @@ options:
   --isolate-net          with --isolate: also a private network namespace
   --port-name NAME       virtio-serial port name (default: kernel cmdline, else graft.agent)
   --run-dir DIR          agent state: bundles, runtime state, sockets (default /run/graft)
-  --runtime NAME         default container runtime: native, crun or runc (default crun)
+  --runtime NAME         default container runtime: native, crun or runc (default native)
   --cgroup-parent PATH   cgroup under which containers are placed (default /graft)
   --modules-list PATH    kernel modules to load as PID 1 (default /usr/lib/graft/modules.list)
   --resolv-conf PATH     file CreateSandbox writes DNS lines to (default /etc/resolv.conf)
@@ -55,7 +55,7 @@ class Config:
     isolate_net: bool = False
     port_name: str = "graft.agent"
     run_dir: str = "/run/graft"
-    default_runtime: str = "crun"
+    default_runtime: str = "native"
     cgroup_parent: str = "/graft"
     modules_list: str = "/usr/lib/graft/modules.list"
     resolv_conf: str = ""        # "" = /etc/resolv.conf, or <run_dir>/resolv.conf when isolated

@@ -4,6 +4,10 @@ What only makes sense on the host is rewritten:
   * namespaces: the network namespace is dropped (containers share the VM's network, the VM
     being the pod); paths to host namespaces (/proc/<pid>/ns/...) are dropped (new ones);
   * hooks run host binaries: dropped;
+  * host LSM labels (process.apparmorProfile, process.selinuxLabel, linux.mountLabel) name
+    profiles and contexts of the host's AppArmor/SELinux policy, which the guest kernel does
+    not load: dropped, for every guest runtime alike (the VM boundary is the isolation; a
+    spec that reaches the agent with one anyway is refused by its native runtime);
   * ociVersion: the guest's runtimes (Debian 12's crun 1.8 and runc 1.1) refuse a spec version
     newer than they know (crun: "unknown version specified" for containerd 1.7's 1.2.0 and
     2.x's 1.2.1), although every field they understand means the same: a 1.x version is
@@ -19,6 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 GUEST_OCI_VERSION = "1.0.2"
+HOST_LSM_PROCESS_FIELDS = ("apparmorProfile", "selinuxLabel")
 
 SHM_MOUNT = {"destination": "/dev/shm", "type": "tmpfs", "source": "shm",
              "options": ["nosuid", "noexec", "nodev", "mode=1777", "size=65536k"]}
@@ -40,9 +45,12 @@ def guest_spec(spec: dict, guest_mounts_dir: str) -> tuple[dict, list[HostBind]]
     """Rewrite *spec* for the guest; host binds are to appear under *guest_mounts_dir*."""
     out = copy.deepcopy(spec)
     out.pop("hooks", None)
+    for key in HOST_LSM_PROCESS_FIELDS:
+        (out.get("process") or {}).pop(key, None)
     if str(out.get("ociVersion", "")).startswith("1."):
         out["ociVersion"] = GUEST_OCI_VERSION
     linux = out.get("linux") or {}
+    linux.pop("mountLabel", None)
     namespaces = []
     for ns in linux.get("namespaces") or []:
         if ns.get("type") == "network":

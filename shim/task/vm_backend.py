@@ -152,7 +152,8 @@ class VmBackend:
             self._expose_binds(config.id, binds)
             guest_rootfs = self._sandbox.add_container_rootfs(config.id, config.rootfs)
             await self.agent.create_container(
-                config.id, json.dumps(spec).encode(), guest_rootfs, stdin=config.stdio.has_stdin)
+                config.id, json.dumps(spec).encode(), guest_rootfs, stdin=config.stdio.has_stdin,
+                runtime=self._sandbox.config.get("agent", "runtime"))
         except BaseException:
             self._remove_binds(config.id)
             self._sandbox.remove_container_rootfs(config.id)

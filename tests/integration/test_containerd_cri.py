@@ -194,3 +194,50 @@ def test_cri_pod_with_two_containers_shares_one_vm(runtime, containerd):
     assert not shim_sockets() - before, "the pod's shim socket is left"
     assert not _shims_of(containerd.address), "the pod's shim process is left"
     assert not _vmm_pids_of(pod), "the pod's VM is left"
+
+
+# kubelet's defaults for a non-privileged container (securitycontext package)
+KUBELET_MASKED = ["/proc/acpi", "/proc/asound", "/proc/kcore", "/proc/keys", "/proc/latency_stats",
+                  "/proc/timer_list", "/proc/timer_stats", "/proc/sched_debug", "/proc/scsi",
+                  "/sys/firmware"]
+KUBELET_READONLY = ["/proc/bus", "/proc/fs", "/proc/irq", "/proc/sys", "/proc/sysrq-trigger"]
+
+
+def test_cri_pod_runs_on_the_native_guest_runtime(runtime):
+    """A pod as kubelet would ask for it (RuntimeDefault seccomp, masked and read-only paths,
+    a non-root user, limits) runs on the agent's native runtime, the default."""
+    skip_or_fail(vm_missing())
+    rt = runtime
+    pod_config = _pod_config("pod-native", rt.log_root)
+    pod = rt.RunPodSandbox(cri.RunPodSandboxRequest(config=pod_config, runtime_handler="graft"),
+                           timeout=300).pod_sandbox_id
+    try:
+        security = cri.LinuxContainerSecurityContext(
+            seccomp=cri.SecurityProfile(profile_type=cri.SecurityProfile.RuntimeDefault),
+            namespace_options=cri.NamespaceOption(pid=cri.CONTAINER),
+            run_as_user=cri.Int64Value(value=1000), masked_paths=KUBELET_MASKED,
+            readonly_paths=KUBELET_READONLY, no_new_privs=True)
+        cid = rt.CreateContainer(cri.CreateContainerRequest(
+            pod_sandbox_id=pod, sandbox_config=pod_config, config=cri.ContainerConfig(
+                metadata=cri.ContainerMetadata(name="app"), image=cri.ImageSpec(image=IMAGE),
+                command=["sleep", "1000"], log_path="app.log",
+                linux=cri.LinuxContainerConfig(security_context=security, resources=cri.LinuxContainerResources(
+                    memory_limit_in_bytes=64 << 20, cpu_quota=50000, cpu_period=100000)))),
+            timeout=300).container_id
+        rt.StartContainer(cri.StartContainerRequest(container_id=cid), timeout=300)
+        sync = rt.ExecSync(cri.ExecSyncRequest(container_id=cid, timeout=60, cmd=[
+            "sh", "-c", "grep -E '^(Uid|Seccomp|NoNewPrivs|CapEff):' /proc/self/status; "
+                        "cat /sys/fs/cgroup$(sed -n 's/^0:://p' /proc/self/cgroup)/memory.max; "
+                        "head -c 1 /proc/kcore | wc -c; "
+                        "awk '$5 == \"/proc/sys\" {print \"proc/sys:\", $6}' /proc/self/mountinfo"]),
+            timeout=300)
+        out = sync.stdout.decode()
+        assert sync.exit_code == 0, sync.stderr
+        for line in ("Uid:\t1000\t1000\t1000\t1000", "Seccomp:\t2", "NoNewPrivs:\t1",
+                     "CapEff:\t0000000000000000", "67108864", "\n0\n", "proc/sys: ro,"):
+            assert line in out, out
+        console = Path("/run/graft/sandboxes") / pod / "console.log"
+        assert f"created container {cid} (native, pid" in console.read_text(errors="replace")
+    finally:
+        rt.StopPodSandbox(cri.StopPodSandboxRequest(pod_sandbox_id=pod), timeout=120)
+        rt.RemovePodSandbox(cri.RemovePodSandboxRequest(pod_sandbox_id=pod), timeout=120)

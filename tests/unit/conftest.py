@@ -17,12 +17,19 @@ def bundle(tmp_path: Path) -> Path:
 
 
 @pytest.fixture(scope="module")
-def agent_process(tmp_path_factory: pytest.TempPathFactory):
-    """The guest agent running on the host (crun, isolated namespaces), one per
-    module; it must exit cleanly and leave nothing behind."""
+def agent_runtime() -> str:
+    """The agent's default container runtime in agent_process (a module may override this
+    fixture, e.g. parametrized over several runtimes)."""
+    return "crun"
+
+
+@pytest.fixture(scope="module")
+def agent_process(tmp_path_factory: pytest.TempPathFactory, agent_runtime: str):
+    """The guest agent running on the host (isolated namespaces), one per module; it must
+    exit cleanly and leave nothing behind."""
     from agent_harness import AgentProcess  # same directory (pytest puts it on sys.path)
 
-    agent = AgentProcess(tmp_path_factory.mktemp("agent"))
+    agent = AgentProcess(tmp_path_factory.mktemp("agent"), runtime=agent_runtime)
     agent.start()
     yield agent
     rc = agent.stop()

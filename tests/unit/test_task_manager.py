@@ -344,6 +344,18 @@ def test_guest_spec_rewrites_host_only_parts():
     assert [(str(b.source), b.share_name) for b in binds] == [("/var/lib/c/hosts", "0")]
 
 
+def test_guest_spec_drops_host_lsm_labels():
+    from shim.task.guest_spec import guest_spec
+
+    spec = {"process": {"args": ["sh"], "apparmorProfile": "cri-containerd.apparmor.d",
+                        "selinuxLabel": "system_u:system_r:container_t:s0"},
+            "linux": {"mountLabel": "system_u:object_r:container_file_t:s0"}}
+    out, _ = guest_spec(spec, "/m")
+    assert out["process"] == {"args": ["sh"]}
+    assert "mountLabel" not in out["linux"]
+    assert spec["process"]["apparmorProfile"]  # the input is not modified
+
+
 @pytest.mark.parametrize("host, guest", [("1.2.1", "1.0.2"), ("1.2.0", "1.0.2"),
                                          ("1.0.2-dev", "1.0.2"), ("2.0.0", "2.0.0")])
 def test_guest_spec_declares_a_version_the_guest_runtime_knows(host, guest):
