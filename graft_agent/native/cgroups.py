@@ -9,7 +9,7 @@ import os
 
 from ..cgroup import CGROUP_ROOT
 from ..errors import FailedPrecondition, InvalidArgument
-from ..fsutil import read_text
+from ..fsutil import read_text, write_raw
 from . import device_filter
 from .resources import CgroupWrite, ResourcePlan
 
@@ -50,21 +50,13 @@ def _delegate(directory: str, wanted: list[str]) -> None:
     if not missing:
         return
     try:
-        _write(control, " ".join("+" + c for c in missing))
+        write_raw(control, " ".join("+" + c for c in missing))
     except OSError:
         for controller in missing:  # one at a time: some (e.g. cpu with RT tasks) may refuse
             try:
-                _write(control, "+" + controller)
+                write_raw(control, "+" + controller)
             except OSError:
                 pass
-
-
-def _write(path: str, value: str) -> None:
-    fd = os.open(path, os.O_WRONLY | os.O_CLOEXEC)
-    try:
-        os.write(fd, value.encode())
-    finally:
-        os.close(fd)
 
 
 class NativeCgroup:
@@ -127,7 +119,7 @@ class NativeCgroup:
 
     def _write(self, write: CgroupWrite) -> None:
         try:
-            _write(os.path.join(self.dir, write.file), write.value)
+            write_raw(os.path.join(self.dir, write.file), write.value)
         except FileNotFoundError:
             if write.fallback is not None:
                 self._write(write.fallback)
@@ -145,7 +137,7 @@ class NativeCgroup:
                     if " " in line)
 
     async def freeze(self, frozen: bool, timeout: float = 10.0) -> None:
-        _write(os.path.join(self.dir, "cgroup.freeze"), "1" if frozen else "0")
+        write_raw(os.path.join(self.dir, "cgroup.freeze"), "1" if frozen else "0")
         want = "1" if frozen else "0"
         async with asyncio.timeout(timeout):
             while self.events().get("frozen") != want:
@@ -153,7 +145,7 @@ class NativeCgroup:
 
     def kill(self) -> None:
         try:
-            _write(os.path.join(self.dir, "cgroup.kill"), "1")
+            write_raw(os.path.join(self.dir, "cgroup.kill"), "1")
         except FileNotFoundError:
             pass
 

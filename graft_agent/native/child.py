@@ -20,6 +20,7 @@ import stat
 import struct
 from typing import NamedTuple, NoReturn
 
+from ..fsutil import write_raw
 from . import capabilities, linux as L
 from .process_spec import ProcessPlan, home_from_passwd
 from .rootfs import pivot, prepare_rootfs
@@ -206,14 +207,6 @@ def _rlimits(process: ProcessPlan) -> None:
         L.setrlimit(resource, soft, hard)
 
 
-def _write_file(path: str, value: str) -> None:
-    fd = os.open(path, os.O_WRONLY | os.O_CLOEXEC)
-    try:
-        os.write(fd, value.encode())
-    finally:
-        os.close(fd)
-
-
 def _exec(common: ChildSetup, executable: str, args: list[str], env: dict[str, str],
           late_seccomp: bool) -> None:
     if late_seccomp and common.seccomp is not None:
@@ -233,12 +226,12 @@ def init_body(setup: InitSetup) -> None:
         L.setns(fd, nstype)
         os.close(fd)
     if process.oom_score_adj:
-        _write_file("/proc/self/oom_score_adj", str(process.oom_score_adj))
+        write_raw("/proc/self/oom_score_adj", str(process.oom_score_adj))
     if plan.namespaces.new_cgroup:
         L.unshare(L.CLONE_NEWCGROUP)   # now, so its root is the container's own cgroup
     L.setgroups(process.additional_gids)
     for name, value in plan.sysctls:
-        _write_file(f"/proc/sys/{name}", value)
+        write_raw(f"/proc/sys/{name}", value)
     root = prepare_rootfs(plan)
     pivot(plan, root, setup.no_pivot)
     _reopen_dev_null()
@@ -285,7 +278,7 @@ def exec_body(setup: ExecSetup) -> None:
     L.setns(setup.init_pidfd, setup.namespace_flags)   # mount ns: root and cwd are the container's
     os.close(setup.init_pidfd)
     if process.oom_score_adj is not None:
-        _write_file("/proc/self/oom_score_adj", str(process.oom_score_adj))
+        write_raw("/proc/self/oom_score_adj", str(process.oom_score_adj))
     chdir_done = _try_chdir(process.cwd)
     env = _environment(process.env or container.process.env, process.uid)
     executable = find_executable(process.args[0], env.get("PATH"), process.cwd)

@@ -15,6 +15,7 @@ from typing import NamedTuple
 
 from ..errors import InvalidArgument
 from . import linux
+from .fields import objects, only_known
 
 # linux/bpf.h
 BPF_PROG_LOAD = 5
@@ -59,16 +60,9 @@ DEFAULT_RULES = (
 
 
 def parse_rules(rules: object, field: str = "linux.resources.devices") -> list[DeviceRule]:
-    if not isinstance(rules, list):
-        raise InvalidArgument(f"{field} must be a list")
     parsed = []
-    for i, rule in enumerate(rules):
-        where = f"{field}[{i}]"
-        if not isinstance(rule, dict):
-            raise InvalidArgument(f"{where} must be an object")
-        extra = set(rule) - {"allow", "type", "major", "minor", "access"}
-        if extra:
-            raise InvalidArgument(f"{where}.{sorted(extra)[0]} is not a device rule field")
+    for where, rule in objects(rules, field):
+        only_known(rule, where, ("allow", "type", "major", "minor", "access"))
         if not isinstance(rule.get("allow"), bool):
             raise InvalidArgument(f"{where}.allow must be true or false")
         kind = rule.get("type") or "a"

@@ -12,6 +12,7 @@ from typing import NamedTuple
 
 from ..errors import InvalidArgument
 from . import linux as L
+from .fields import UNSUPPORTED, objects, only_known
 
 # option → (flags to set, flags to clear)
 _FLAG_OPTIONS = {
@@ -106,20 +107,10 @@ def parse_options(options: list, field: str) -> tuple[int, str]:
 
 
 def parse_mounts(mounts: object) -> list[MountPlan]:
-    if mounts is None:
-        return []
-    if not isinstance(mounts, list):
-        raise InvalidArgument("mounts must be a list")
     plans = []
-    for i, mount in enumerate(mounts):
-        field = f"mounts[{i}]"
-        if not isinstance(mount, dict):
-            raise InvalidArgument(f"{field} must be an object")
-        extra = set(mount) - {"destination", "type", "source", "options"}
-        if extra:
-            name = sorted(extra)[0]
-            raise InvalidArgument(f"{field}.{name} is not supported by the native runtime"
-                                  + (" (idmapped mounts)" if name in ("uidMappings", "gidMappings") else ""))
+    for field, mount in objects(mounts, "mounts"):
+        only_known(mount, field, ("destination", "type", "source", "options"),
+                   {key: f"idmapped mounts {UNSUPPORTED}" for key in ("uidMappings", "gidMappings")})
         destination = _destination(mount.get("destination"), f"{field}.destination")
         options = mount.get("options")
         if options is None:

@@ -6,6 +6,7 @@ from typing import NamedTuple
 
 from ..errors import InvalidArgument
 from .capabilities import CapabilitySets, parse_capabilities
+from .fields import UNSUPPORTED, objects, only_known
 
 RLIMITS = {"RLIMIT_CPU": 0, "RLIMIT_FSIZE": 1, "RLIMIT_DATA": 2, "RLIMIT_STACK": 3,
            "RLIMIT_CORE": 4, "RLIMIT_RSS": 5, "RLIMIT_NPROC": 6, "RLIMIT_NOFILE": 7,
@@ -58,14 +59,8 @@ def _strings(value: object, field: str) -> list[str]:
 
 
 def plan_process(process: object, field: str = "process") -> ProcessPlan:
-    if not isinstance(process, dict):
-        raise InvalidArgument(f"{field} must be an object")
-    for key in process:
-        if key in HOST_LSM_FIELDS:
-            raise InvalidArgument(f"{field}.{key}: host LSM labels mean nothing in the guest and "
-                                  "are not supported by the native runtime")
-        if key not in _SUPPORTED:
-            raise InvalidArgument(f"{field}.{key} is not supported by the native runtime")
+    only_known(process, field, _SUPPORTED,
+               {key: f"host LSM labels mean nothing in the guest; {UNSUPPORTED}" for key in HOST_LSM_FIELDS})
     args = _strings(process.get("args"), f"{field}.args")
     if not args or not args[0]:
         raise InvalidArgument(f"{field}.args must name a program")
@@ -77,12 +72,7 @@ def plan_process(process: object, field: str = "process") -> ProcessPlan:
     cwd = process.get("cwd", "/")
     if not isinstance(cwd, str) or not cwd.startswith("/"):
         raise InvalidArgument(f"{field}.cwd must be an absolute path")
-    user = process.get("user") or {}
-    if not isinstance(user, dict):
-        raise InvalidArgument(f"{field}.user must be an object")
-    for key in user:
-        if key not in ("uid", "gid", "umask", "additionalGids"):
-            raise InvalidArgument(f"{field}.user.{key} is not supported by the native runtime")
+    user = only_known(process.get("user") or {}, f"{field}.user", ("uid", "gid", "umask", "additionalGids"))
     umask = user.get("umask")
     if umask is not None and (not isinstance(umask, int) or not 0 <= umask <= 0o777):
         raise InvalidArgument(f"{field}.user.umask must be 0-0777")
@@ -115,29 +105,23 @@ def plan_process(process: object, field: str = "process") -> ProcessPlan:
 
 
 def _rlimits(rlimits: object, field: str) -> list[tuple[int, int, int]]:
-    if rlimits is None:
-        return []
-    if not isinstance(rlimits, list):
-        raise InvalidArgument(f"{field} must be a list")
     out = []
     seen = set()
-    for i, limit in enumerate(rlimits):
-        if not isinstance(limit, dict):
-            raise InvalidArgument(f"{field}[{i}] must be an object")
+    for where, limit in objects(rlimits, field):
         kind = limit.get("type")
         if kind not in RLIMITS:
-            raise InvalidArgument(f"{field}[{i}].type: unknown rlimit {kind!r}")
+            raise InvalidArgument(f"{where}.type: unknown rlimit {kind!r}")
         if kind in seen:
-            raise InvalidArgument(f"{field}[{i}].type: {kind} given twice")
+            raise InvalidArgument(f"{where}.type: {kind} given twice")
         seen.add(kind)
         values = []
         for key in ("soft", "hard"):
             value = limit.get(key)
             if not isinstance(value, int) or not 0 <= value < 1 << 64:
-                raise InvalidArgument(f"{field}[{i}].{key} must be an unsigned 64-bit integer")
+                raise InvalidArgument(f"{where}.{key} must be an unsigned 64-bit integer")
             values.append(value)
         if values[0] > values[1]:
-            raise InvalidArgument(f"{field}[{i}]: soft limit above the hard limit")
+            raise InvalidArgument(f"{where}: soft limit above the hard limit")
         out.append((RLIMITS[kind], values[0], values[1]))
     return out
 

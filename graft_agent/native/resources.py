@@ -13,6 +13,7 @@ from typing import NamedTuple
 
 from ..errors import InvalidArgument
 from .device_filter import DeviceRule, parse_rules
+from .fields import UNSUPPORTED, objects, only_known
 
 _HUGEPAGE_SIZE = re.compile(r"[0-9]+[KMG]B")
 _CPU_LIST = re.compile(r"[0-9,\- ]*")
@@ -66,24 +67,16 @@ def plan_resources(resources: object, field: str = "linux.resources") -> Resourc
         return ResourcePlan(None, [])
     if not isinstance(resources, dict):
         raise InvalidArgument(f"{field} must be an object")
-    for key in resources:
-        if key not in ("devices", "memory", "cpu", "pids", "blockIO", "hugepageLimits", "unified"):
-            if key in ("network", "rdma") and not resources[key]:
-                continue
-            raise InvalidArgument(f"{field}.{key} is not supported by the native runtime"
-                                  + (" (cgroup v1 only)" if key == "network" else ""))
-    for (section, key), why in _V1_ONLY.items():
-        if (resources.get(section) or {}).get(key) not in (None, 0):
-            raise InvalidArgument(f"{field}.{section}.{key}: {why}")
+    only_known({k: v for k, v in resources.items() if not (k in ("network", "rdma") and not v)},
+               field, ("devices", "memory", "cpu", "pids", "blockIO", "hugepageLimits", "unified"),
+               {"network": f"{UNSUPPORTED} (cgroup v1 only)"})
     for section, known in _KNOWN.items():
         doc = resources.get(section)
-        if doc is None:
-            continue
-        if not isinstance(doc, dict):
-            raise InvalidArgument(f"{field}.{section} must be an object")
-        for key in doc:
-            if key not in known and (section, key) not in _V1_ONLY:
-                raise InvalidArgument(f"{field}.{section}.{key} is not supported by the native runtime")
+        if doc is not None:
+            v1_only = {key: why for (sec, key), why in _V1_ONLY.items() if sec == section}
+            only_known(doc, f"{field}.{section}", known | set(v1_only),
+                       {key: why for key, why in v1_only.items() if doc.get(key) not in (None, 0)}
+                       if isinstance(doc, dict) else None)
     devices = resources.get("devices")
     writes = (_memory(resources.get("memory"), f"{field}.memory")
               + _pids(resources.get("pids"), f"{field}.pids")
@@ -153,8 +146,8 @@ def _cpu(cpu: dict | None, field: str) -> list[CgroupWrite]:
     return writes
 
 
-def _device(entry: object, field: str) -> str:
-    if not isinstance(entry, dict) or not all(isinstance(entry.get(k), int) for k in ("major", "minor")):
+def _device(entry: dict, field: str) -> str:
+    if not all(isinstance(entry.get(k), int) for k in ("major", "minor")):
         raise InvalidArgument(f"{field} needs integer major and minor")
     return f"{entry['major']}:{entry['minor']}"
 
@@ -170,23 +163,23 @@ def _block_io(blkio: dict | None, field: str) -> list[CgroupWrite]:
         writes.append(CgroupWrite("io.bfq.weight", str(weight), fallback=CgroupWrite(
             "io.weight", str(1 + (weight - 10) * 9999 // 990))))
     for key, name in _THROTTLE_KEYS.items():
-        for i, entry in enumerate(blkio.get(key) or []):
-            rate = _int(entry, "rate", f"{field}.{key}[{i}]")
+        for where, entry in objects(blkio.get(key), f"{field}.{key}"):
+            rate = _int(entry, "rate", where)
             if rate is None or rate < 0:
-                raise InvalidArgument(f"{field}.{key}[{i}].rate must be a non-negative integer")
-            writes.append(CgroupWrite("io.max", f"{_device(entry, f'{field}.{key}[{i}]')} {name}={rate}"))
+                raise InvalidArgument(f"{where}.rate must be a non-negative integer")
+            writes.append(CgroupWrite("io.max", f"{_device(entry, where)} {name}={rate}"))
     return writes
 
 
 def _hugepages(limits: list | None, field: str) -> list[CgroupWrite]:
     writes = []
-    for i, entry in enumerate(limits or []):
-        size = entry.get("pageSize") if isinstance(entry, dict) else None
+    for where, entry in objects(limits, field):
+        size = entry.get("pageSize")
         if not isinstance(size, str) or not _HUGEPAGE_SIZE.fullmatch(size):
-            raise InvalidArgument(f"{field}[{i}].pageSize must look like 2MB")
-        limit = _int(entry, "limit", f"{field}[{i}]")
+            raise InvalidArgument(f"{where}.pageSize must look like 2MB")
+        limit = _int(entry, "limit", where)
         if limit is None:
-            raise InvalidArgument(f"{field}[{i}].limit is required")
+            raise InvalidArgument(f"{where}.limit is required")
         writes.append(CgroupWrite(f"hugetlb.{size}.max", str(limit)))
     return writes
 

@@ -15,6 +15,7 @@ import os
 from typing import NamedTuple
 
 from ..errors import FailedPrecondition, InvalidArgument
+from .fields import UNSUPPORTED, objects, only_known
 
 _FLAGS = {"SECCOMP_FILTER_FLAG_TSYNC": 1, "SECCOMP_FILTER_FLAG_LOG": 2,
           "SECCOMP_FILTER_FLAG_SPEC_ALLOW": 4}
@@ -23,8 +24,9 @@ _OPERATORS = ("SCMP_CMP_NE", "SCMP_CMP_LT", "SCMP_CMP_LE", "SCMP_CMP_EQ", "SCMP_
 _ERRNO_ACTIONS = ("SCMP_ACT_ERRNO", "SCMP_ACT_TRACE")
 _PERMISSIVE = ("SCMP_ACT_ALLOW", "SCMP_ACT_LOG")
 _KNOWN_KEYS = {"defaultAction", "defaultErrnoRet", "architectures", "flags", "syscalls"}
-_UNSUPPORTED_KEYS = {"listenerPath": "seccomp user notification",
-                     "listenerMetadata": "seccomp user notification"}
+_UNSUPPORTED_KEYS = {key: f"seccomp user notification {UNSUPPORTED}"
+                     for key in ("listenerPath", "listenerMetadata")}
+_RULE_KEYS = {"names", "action", "errnoRet", "args", "comment", "includes", "excludes"}
 _CACHE_SIZE = 8
 
 
@@ -50,14 +52,8 @@ class Profile(NamedTuple):
 
 
 def parse_profile(doc: object, field: str = "linux.seccomp") -> Profile:
-    if not isinstance(doc, dict):
-        raise InvalidArgument(f"{field} must be an object")
-    for key in doc:
-        if key in _UNSUPPORTED_KEYS:
-            raise InvalidArgument(f"{field}.{key}: {_UNSUPPORTED_KEYS[key]} is not supported "
-                                  "by the native runtime")
-        if key not in _KNOWN_KEYS:
-            raise InvalidArgument(f"{field}.{key} is not supported by the native runtime")
+    only_known(doc, field, _KNOWN_KEYS, _UNSUPPORTED_KEYS)
+    assert isinstance(doc, dict)
     default = _action(doc.get("defaultAction"), f"{field}.defaultAction")
     default_errno = _errno(doc, "defaultErrnoRet", default, field)
     flags = 0
@@ -71,18 +67,12 @@ def parse_profile(doc: object, field: str = "linux.seccomp") -> Profile:
             raise InvalidArgument(f"{field}.architectures: unknown architecture {arch!r}")
         arches.append(arch[len("SCMP_ARCH_"):].lower())
     rules = []
-    for i, entry in enumerate(doc.get("syscalls") or []):
-        where = f"{field}.syscalls[{i}]"
-        if not isinstance(entry, dict):
-            raise InvalidArgument(f"{where} must be an object")
-        extra = set(entry) - {"names", "action", "errnoRet", "args", "comment", "includes",
-                              "excludes"}
-        if extra or entry.get("includes") or entry.get("excludes"):
-            name = sorted(extra)[0] if extra else ("includes" if entry.get("includes") else "excludes")
-            raise InvalidArgument(f"{where}.{name} is not supported by the native runtime")
+    for where, entry in objects(doc.get("syscalls"), f"{field}.syscalls"):
+        only_known(entry, where, _RULE_KEYS, {key: UNSUPPORTED for key in ("includes", "excludes")
+                                              if entry.get(key)})
         action = _action(entry.get("action"), f"{where}.action")
         errno_ret = _errno(entry, "errnoRet", action, where)
-        args = tuple(_argument(arg, f"{where}.args[{j}]") for j, arg in enumerate(entry.get("args") or []))
+        args = tuple(_argument(arg, name) for name, arg in objects(entry.get("args"), f"{where}.args"))
         names = entry.get("names")
         if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
             raise InvalidArgument(f"{where}.names must be a list of syscall names")
@@ -111,9 +101,7 @@ def _errno(doc: dict, key: str, action: str, field: str) -> int | None:
     return value
 
 
-def _argument(arg: object, field: str) -> tuple[int, str, int, int]:
-    if not isinstance(arg, dict):
-        raise InvalidArgument(f"{field} must be an object")
+def _argument(arg: dict, field: str) -> tuple[int, str, int, int]:
     index, op = arg.get("index"), arg.get("op")
     if not isinstance(index, int) or not 0 <= index < 6:
         raise InvalidArgument(f"{field}.index must be 0-5")

@@ -11,6 +11,7 @@ from typing import NamedTuple
 
 from ..errors import InvalidArgument
 from . import linux as L
+from .fields import UNSUPPORTED, objects, only_known
 from .mount_plan import MountPlan, parse_mounts, parse_paths, root_propagation
 from .process_spec import ProcessPlan, plan_process
 from .resources import ResourcePlan, plan_resources
@@ -68,22 +69,12 @@ class ContainerPlan(NamedTuple):
 
 
 def plan_container(spec: dict) -> ContainerPlan:
-    for key in spec:
-        if key not in _TOP_LEVEL:
-            raise InvalidArgument(f"{key} is not supported by the native runtime"
-                                  + (" (hooks would run guest binaries; the shim drops the "
-                                     "host's)" if key == "hooks" else ""))
+    only_known(spec, "", _TOP_LEVEL, {"hooks": f"{UNSUPPORTED} (they would run guest binaries; "
+                                                "the shim drops the host's)"})
     linux = spec.get("linux") or {}
-    if not isinstance(linux, dict):
-        raise InvalidArgument("linux must be an object")
-    for key, value in linux.items():
-        if key == "mountLabel":
-            raise InvalidArgument("linux.mountLabel: host LSM labels mean nothing in the guest "
-                                  "and are not supported by the native runtime")
-        if key in _EMPTY_OK and not value:
-            continue
-        if key not in _LINUX:
-            raise InvalidArgument(f"linux.{key} is not supported by the native runtime")
+    only_known({k: v for k, v in linux.items() if not (k in _EMPTY_OK and not v)}
+               if isinstance(linux, dict) else linux, "linux", _LINUX,
+               {"mountLabel": f"host LSM labels mean nothing in the guest; {UNSUPPORTED}"})
     root = spec.get("root") or {}
     if not isinstance(root, dict) or not str(root.get("path", "")).startswith("/"):
         raise InvalidArgument("root.path must be an absolute guest path")
@@ -115,14 +106,9 @@ def plan_container(spec: dict) -> ContainerPlan:
 
 
 def _namespaces(entries: object) -> Namespaces:
-    if entries is None:
-        entries = []
-    if not isinstance(entries, list):
-        raise InvalidArgument("linux.namespaces must be a list")
     flags, new_cgroup, join, types = 0, False, [], set()
-    for i, entry in enumerate(entries):
-        field = f"linux.namespaces[{i}]"
-        kind = entry.get("type") if isinstance(entry, dict) else None
+    for field, entry in objects(entries, "linux.namespaces"):
+        kind = entry.get("type")
         if kind in _REFUSED_NAMESPACES:
             raise InvalidArgument(f"{field}: {_REFUSED_NAMESPACES[kind]} are not supported by "
                                   "the native runtime")
@@ -150,15 +136,8 @@ def _namespaces(entries: object) -> Namespaces:
 
 
 def _devices(devices: object) -> list[DeviceNode]:
-    if devices is None:
-        return []
-    if not isinstance(devices, list):
-        raise InvalidArgument("linux.devices must be a list")
     nodes = []
-    for i, device in enumerate(devices):
-        field = f"linux.devices[{i}]"
-        if not isinstance(device, dict):
-            raise InvalidArgument(f"{field} must be an object")
+    for field, device in objects(devices, "linux.devices"):
         path = device.get("path")
         if not isinstance(path, str) or not path.startswith("/") or ".." in path.split("/"):
             raise InvalidArgument(f"{field}.path must be an absolute path")
@@ -212,10 +191,8 @@ def _sysctls(sysctl: object, types: frozenset[str], domainname: str) -> list[tup
 def _personality(personality: object) -> int | None:
     if personality is None:
         return None
-    if not isinstance(personality, dict):
-        raise InvalidArgument("linux.personality must be an object")
-    if personality.get("flags"):
-        raise InvalidArgument("linux.personality.flags are not supported by the native runtime")
+    only_known(personality, "linux.personality", ("domain", "flags"),
+               {"flags": UNSUPPORTED} if personality.get("flags") else None)
     domain = personality.get("domain")
     if domain not in _PERSONALITIES:
         raise InvalidArgument(f"linux.personality.domain: unknown domain {domain!r}")

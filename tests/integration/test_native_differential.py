@@ -18,10 +18,10 @@ import pytest
 import pytest_asyncio
 
 import native_cases as nc
-from shim.agent.streams import copy_output
 from shim.config import GraftConfig
 from shim.sandbox.sandbox import Sandbox
 from shim.ttrpc import Code, TtrpcError
+from vm_streams import collect
 
 pytestmark = pytest.mark.vm
 RUNTIMES = ("crun", "native")
@@ -33,15 +33,6 @@ async def sandbox(graft_config: GraftConfig):
     box = await Sandbox.launch("it-native", graft_config)
     yield box
     await box.stop()
-
-
-async def _read(box: Sandbox, cid: str, eid: str, stream: str) -> bytes:
-    out = bytearray()
-
-    async def sink(data: bytes) -> None:
-        out.extend(data)
-    await copy_output(box.agent, cid, eid, stream, sink)  # type: ignore[arg-type]
-    return bytes(out)
 
 
 class Run:
@@ -59,9 +50,9 @@ class Run:
                                               stdin=stdin, runtime=self.runtime)
 
     async def output(self, eid: str = "", with_stderr: bool = True) -> str:
-        readers = [_read(self.box, self.cid, eid, "stdout")]
+        readers = [collect(self.box, self.cid, eid, "stdout")]
         if with_stderr:
-            readers.append(_read(self.box, self.cid, eid, "stderr"))
+            readers.append(collect(self.box, self.cid, eid, "stderr"))
         streams = await asyncio.wait_for(asyncio.gather(*readers), 120)
         status = await asyncio.wait_for(self.box.agent.wait_process(self.cid, eid), 120)
         text = streams[0].decode(errors="replace").replace("\r\n", "\n")

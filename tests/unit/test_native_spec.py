@@ -88,7 +88,7 @@ def test_namespace_paths_are_joined_and_cgroup_is_unshared_later() -> None:
     (lambda s: s["linux"].update(sysctl={"net.ipv4.ip_forward": "1"}), "needs a network namespace"),
     (lambda s: s["linux"].update(sysctl={"vm.swappiness": "1"}), "the sysctl is not namespaced"),
     (lambda s: s["linux"].update(sysctl={"kernel.hostname": "x"}), "conflicts with the hostname"),
-    (lambda s: s["linux"].update(personality={"domain": "LINUX", "flags": ["x"]}), "personality.flags"),
+    (lambda s: s["linux"].update(personality={"domain": "LINUX", "flags": ["x"]}), "personality.flags is not"),
     (lambda s: s["linux"].update(devices=[{"path": "/dev/x", "type": "z", "major": 1, "minor": 1}]),
      "linux.devices[0].type"),
     (lambda s: s["linux"].update(devices=[{"path": "/dev/x", "type": "c"}]), "linux.devices[0].major is required"),
