@@ -36,7 +36,8 @@ from shim.factory.build import destroy_template, init_template  # noqa: E402
 from shim.hypervisor.accel import resolve_accelerator  # noqa: E402
 from shim.hypervisor.base import Accelerator  # noqa: E402
 from shim.oci import default_spec  # noqa: E402
-from shim.sandbox.sandbox import Sandbox, read_boot_path  # noqa: E402
+from shim.sandbox.sandbox import Sandbox  # noqa: E402
+from shim.sandbox.state import read_boot_path  # noqa: E402
 
 MIB = 1 << 20
 

@@ -13,8 +13,8 @@ cri() { python3 "$REPO/e2e/cri_client.py" "$@"; }
 saved() { cat "$CTRD_DIR/saved-$1"; }
 save() { echo "$2" > "$CTRD_DIR/saved-$1"; }
 
-vmm_count() { pgrep -fc "qemu-system.*/sandboxes/$1/" || true; }
-shim_count() { pgrep -fc "shim.cli.shim_main .*-address $CONTAINERD_ADDRESS " || true; }
+vmm_count() { pgrep -fc "qemu-system.* -name graft-$1( |\$)" || true; }
+shim_count() { pgrep -fc "containerd-shim-graft-v2 .*-address $CONTAINERD_ADDRESS( |\$)" || true; }
 shim_socket() {
     PYTHONPATH="$REPO" python3 -c 'import sys
 from shim.shim_manager.socket_address import socket_path

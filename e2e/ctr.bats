@@ -14,8 +14,8 @@ setup_file() {
 REPO="$(cd "$BATS_TEST_DIRNAME/.." && pwd)"
 
 # Shim daemons of this containerd, and VMMs of one container id.
-shim_count() { pgrep -fc "shim.cli.shim_main .*-address $CONTAINERD_ADDRESS " || true; }
-vmm_count() { pgrep -fc "qemu-system.*/sandboxes/$1/" || true; }
+shim_count() { pgrep -fc "containerd-shim-graft-v2 .*-address $CONTAINERD_ADDRESS( |\$)" || true; }
+vmm_count() { pgrep -fc "qemu-system.* -name graft-$1( |\$)" || true; }
 shim_socket() {
     PYTHONPATH="$REPO" python3 -c 'import sys
 from shim.shim_manager.socket_address import socket_path

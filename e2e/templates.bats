@@ -100,7 +100,8 @@ teardown_file() {
     [ "$(sandbox_field "$pod" vcpus)" = 2 ]
     run graft status
     [[ "$output" == *"$pod: restored (template $TEMPLATE_PATH/tpl-"* ]]
-    run cat "$GRAFT_STATE/sandboxes/$pod/metrics.prom"
+    run_dir="$(sandbox_field "$pod" directory)"
+    run cat "$run_dir/metrics.prom"
     [[ "$output" == *"graft_sandbox_boot_info{sandbox=\"$pod\",path=\"restored\""* ]]
     [[ "$output" == *"graft_sandbox_vcpus{sandbox=\"$pod\"} 2"* ]]
     run graft metrics
@@ -108,7 +109,7 @@ teardown_file() {
     [[ "$output" == *"graft_template_usable 1"* ]]
 
     cri stop-remove "$pod"
-    [ ! -e "$GRAFT_STATE/sandboxes/$pod" ]
+    [ ! -e "$run_dir" ]
 }
 
 @test "factory destroy removes the template and its tmpfs" {
@@ -129,8 +130,9 @@ teardown_file() {
     [ "$(sandbox_field "$pod" boot_path)" = cold ]
     [[ "$(sandbox_field "$pod" reason)" == "no template at $TEMPLATE_PATH"* ]]
     [ "$(sandbox_field "$pod" vcpus)" = 2 ]
-    run cat "$GRAFT_STATE/sandboxes/$pod/metrics.prom"
+    run_dir="$(sandbox_field "$pod" directory)"
+    run cat "$run_dir/metrics.prom"
     [[ "$output" == *"graft_sandbox_boot_info{sandbox=\"$pod\",path=\"cold\""* ]]
     cri stop-remove "$pod"
-    [ ! -e "$GRAFT_STATE/sandboxes/$pod" ]
+    [ ! -e "$run_dir" ]
 }

@@ -30,7 +30,8 @@ if ! compgen -G '/var/lib/apt/lists/*_Packages*' >/dev/null; then
 fi
 
 PYTHON=${PYTHON:-python3}
-if ! "$PYTHON" -c "import shim, graft_agent, grpc_tools, qemu.qmp, pytest, pytest_asyncio" 2>/dev/null \
+if ! "$PYTHON" -c "import shim, graft_agent, grpc_tools, qemu.qmp, setproctitle, pytest, \
+                    pytest_asyncio, tomlkit, yaml, kubernetes.client" 2>/dev/null \
    || ! command -v graft >/dev/null; then
     step "pip: installing graft (editable) with dev extras"
     "$PYTHON" -m pip install -q --disable-pip-version-check -e '.[dev]'
@@ -42,6 +43,9 @@ fi
 
 step "protos: generating bindings"
 "$PYTHON" hack/gen_protos.py
+
+# The binary containerd runs for every container: the lean launcher of this checkout.
+"$PYTHON" -m shim.cli.launcher /usr/local/bin/containerd-shim-graft-v2
 
 step "containerd 1.7 / 2.x for compatibility tests (cached)"
 for suite in trixie sid; do

@@ -30,6 +30,7 @@ class Key:
     doc: str
     choices: tuple[str, ...] = ()
     check: Callable[[Any], bool] | None = None
+    limit: str = "is out of range"  # what a value failing `check` is told
 
 
 def _positive(v: Any) -> bool:
@@ -63,7 +64,9 @@ KEYS: tuple[Key, ...] = (
         "itself), or the crun/runc binary.", ("native", "crun", "runc")),
     Key("agent", "boot_timeout_s", 60.0, float,
         "Seconds to wait for the agent to answer after launch.", check=_positive),
-    Key("runtime", "state_dir", "/run/graft", str, "Where per-sandbox sockets and mounts live."),
+    Key("runtime", "state_dir", "/run/graft", str,
+        "Where per-sandbox sockets and mounts live (at most 63 bytes: unix sockets go below).",
+        check=lambda v: v.startswith("/"), limit="must be an absolute path"),
     Key("runtime", "log_level", "info", str, "Shim log level.",
         ("debug", "info", "warning", "error")),
     Key("factory", "enable_template", False, bool,
@@ -115,7 +118,7 @@ def _coerce(key: Key, raw: Any) -> Any:
     if key.choices and raw not in key.choices:
         raise ConfigError(f"{where}: {raw!r} is not one of {', '.join(key.choices)}")
     if key.check is not None and not key.check(raw):
-        raise ConfigError(f"{where}: {raw!r} is out of range")
+        raise ConfigError(f"{where}: {raw!r} {key.limit}")
     return raw
 
 

@@ -8,7 +8,9 @@ import subprocess
 import time
 from pathlib import Path
 
-from shim.config import load_config
+from shim.config import load_config, parse_config
+from shim.shim_manager.daemon_process import is_shim_process
+from shim.sandbox.state import SandboxRef, run_dir as state_run_dir
 from shim.network import DEFAULT_TAP_NAME
 from shim.shim_manager.socket_address import socket_path
 
@@ -28,21 +30,28 @@ def _cmdlines() -> dict[int, list[str]]:
     return out
 
 
-def vmm_pids(state_dir: Path, sandbox_id: str) -> list[int]:
+def vmm_pids(run_dir: Path) -> list[int]:
     """VMM processes of one sandbox (their command line names its run dir)."""
-    marker = f"{state_dir}/sandboxes/{sandbox_id}/"
+    marker = f"{run_dir}/"
     return [pid for pid, argv in _cmdlines().items()
             if argv[0].rsplit("/", 1)[-1].startswith(("qemu-system", "cloud-hypervisor"))
             and any(marker in arg for arg in argv)]
+
+
+def sandbox_run_dir(containerd_address: str, namespace: str, sandbox_id: str,
+                    state_dir: Path) -> Path:
+    """Where the shim keeps that containerd's sandbox (shim/sandbox/state.py)."""
+    config = parse_config({"runtime": {"state_dir": str(state_dir)}})
+    return state_run_dir(config, SandboxRef(sandbox_id, namespace, containerd_address))
 
 
 def shim_pids(address: str, container_id: str | None = None) -> list[int]:
     """Shim daemons (and start/delete runs) of this containerd, optionally for one id."""
     found = []
     for pid, argv in _cmdlines().items():
-        if "shim.cli.shim_main" not in argv or address not in argv:
+        if not is_shim_process(argv, address):
             continue
-        if container_id is None or container_id in argv:
+        if container_id is None or f" -id {container_id} " in " ".join(argv) + " ":
             found.append(pid)
     return found
 
@@ -78,17 +87,18 @@ class PodLeaks:
     """What one graft pod (VM) may leave on the host."""
 
     def __init__(self, containerd, sandbox_id: str, namespace: str, container_ids: list[str],
-                 netns: Path | None = None) -> None:
+                 netns: Path | None = None, state_dir: Path | None = None) -> None:
         self.containerd = containerd
         self.sandbox_id = sandbox_id
         self.namespace = namespace
         self.container_ids = container_ids
         self.netns = netns
-        self.state_dir = load_config(containerd.layout.graft_config).state_dir
+        self.state_dir = state_dir or load_config(containerd.layout.graft_config).state_dir
 
     @property
     def run_dir(self) -> Path:
-        return self.state_dir / "sandboxes" / self.sandbox_id
+        return sandbox_run_dir(self.containerd.address, self.namespace, self.sandbox_id,
+                               self.state_dir)
 
     @property
     def bundles(self) -> list[Path]:
@@ -100,7 +110,7 @@ class PodLeaks:
         return socket_path(self.containerd.address, self.namespace, self.sandbox_id)
 
     def leaks(self) -> list[str]:
-        found = [f"VMM pid {pid}" for pid in vmm_pids(self.state_dir, self.sandbox_id)]
+        found = [f"VMM pid {pid}" for pid in vmm_pids(self.run_dir)]
         found += [f"shim pid {pid}" for cid in {self.sandbox_id, *self.container_ids}
                   for pid in shim_pids(self.containerd.address, cid)]
         for point in mount_points():

@@ -3,10 +3,14 @@
 
     private_containerd.py start DIR   # config, CNI bridge network, images, runtime handlers
     private_containerd.py env DIR     # shell exports: CONTAINERD_ADDRESS, GRAFT_CTR, ...
+    private_containerd.py restart DIR # stop and start containerd itself (shims keep running)
     private_containerd.py stop DIR    # kill containerd, remove what it created
 
 Runtime handlers: `graft` (io.containerd.graft.v2, our shim via DIR/bin on containerd's PATH,
-options ConfigPath = DIR/graft.toml) and `runc` (default, for comparison).
+options ConfigPath = DIR/graft.toml) and `runc` (default, for comparison). With
+`start(..., fresh=True)` (the node installer's tests) the config is instead what `containerd
+config default` prints for the release in use, changed only so that it runs privately, and
+no graft handler or shim is set up: DIR/bin stays empty (but on containerd's PATH).
 Images (built locally from busybox-static, no registry needed): graft.local/busybox:latest
 and graft.local/pause:latest (the CRI sandbox image), imported into `default` and `k8s.io`.
 """
@@ -26,6 +30,10 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT))
+
+from shim.cli.launcher import write_launcher  # noqa: E402
+from shim.shim_manager.daemon_process import is_shim_process  # noqa: E402
 BUSYBOX = Path("/bin/busybox")
 # Each private containerd gets its own bridge and /24 out of this range, so that several of
 # them (parallel test runs) never share a bridge or hand out the same pod IP.
@@ -129,6 +137,36 @@ state = "{d.base}/state"
 '''
 
 
+def fresh_config(d: Layout) -> str:
+    """`containerd config default` of this release (version 2 for 1.x, 3 for 2.x), with its
+    paths, sockets and CNI dirs moved under DIR and the settings this machine needs."""
+    import tomlkit  # dev dependency; only the installer tests need a fresh config
+
+    done = subprocess.run([d.tool("containerd"), "config", "default"], capture_output=True,
+                          text=True, timeout=60, check=True)
+    doc = tomlkit.parse(done.stdout)
+    doc["root"], doc["state"] = f"{d.base}/root", f"{d.base}/state"
+    doc["grpc"]["address"] = str(d.socket)
+    doc["ttrpc"]["address"] = f"{d.socket}.ttrpc"
+    doc["debug"]["level"] = "debug"
+    plugins = doc["plugins"]
+    plugins["io.containerd.internal.v1.opt"]["path"] = f"{d.base}/opt"
+    if "io.containerd.nri.v1.nri" in plugins:
+        plugins["io.containerd.nri.v1.nri"]["socket_path"] = f"{d.base}/nri.sock"
+    if doc["version"] == 2:
+        cri = runtime = plugins["io.containerd.grpc.v1.cri"]
+        cri["sandbox_image"] = PAUSE_IMAGE
+        cri["cni"]["bin_dir"] = "/usr/lib/cni"
+    else:
+        runtime = plugins["io.containerd.cri.v1.runtime"]
+        plugins["io.containerd.cri.v1.images"]["pinned_images"]["sandbox"] = PAUSE_IMAGE
+        runtime["cni"]["bin_dirs"] = ["/usr/lib/cni"]
+    runtime["restrict_oom_score_adj"] = True  # root here lacks CAP_SYS_RESOURCE
+    runtime["netns_mounts_under_state_dir"] = True
+    runtime["cni"]["conf_dir"] = str(d.cni_conf)
+    return tomlkit.dumps(doc)
+
+
 def _cni_config(d: Layout) -> str:
     net = d.network
     return json.dumps({
@@ -141,10 +179,6 @@ def _cni_config(d: Layout) -> str:
     }, indent=2)
 
 
-def _shim_wrapper() -> str:
-    # containerd finds containerd-shim-graft-v2 on its PATH; run this checkout with this python.
-    return (f'#!/bin/sh\nPYTHONPATH="{ROOT}${{PYTHONPATH:+:$PYTHONPATH}}" '
-            f'exec "{sys.executable}" -m shim.cli.shim_main "$@"\n')
 
 
 def _graft_config() -> str:
@@ -261,18 +295,21 @@ def env_vars(d: Layout) -> dict[str, str]:
                if d.network_file.exists() else {})}
 
 
-def start(d: Layout, timeout: float = 30.0, containerd_bin: Path | None = None) -> None:
+def start(d: Layout, timeout: float = 30.0, containerd_bin: Path | None = None,
+          fresh: bool = False) -> None:
     if _running_pid(d):
         return
     if containerd_bin is not None:
         d.containerd_bin_file.write_text(str(containerd_bin))
     for sub in (d.bin, d.cni_conf, d.cni_ipam):
         sub.mkdir(parents=True, exist_ok=True)
-    shim = d.bin / "containerd-shim-graft-v2"
-    shim.write_text(_shim_wrapper())
-    shim.chmod(0o755)
-    d.config.write_text(_containerd_config(d))
-    d.graft_config.write_text(_graft_config())
+    if fresh:
+        d.config.write_text(fresh_config(d))
+    else:
+        # containerd finds containerd-shim-graft-v2 on its PATH: this checkout's lean launcher.
+        write_launcher(d.bin / "containerd-shim-graft-v2")
+        d.config.write_text(_containerd_config(d))
+        d.graft_config.write_text(_graft_config())
     if not d.network_file.exists():
         d.network_file.write_text(json.dumps(dataclasses.asdict(_choose_network(d))))
     (d.cni_conf / "10-graft-test.conflist").write_text(_cni_config(d))
@@ -324,10 +361,10 @@ def _shim_pids(d: Layout) -> list[int]:
     pids = []
     for entry in Path("/proc").iterdir():
         try:
-            argv = (entry / "cmdline").read_bytes().split(b"\0")
+            argv = (entry / "cmdline").read_bytes().decode(errors="replace").split("\0")
         except OSError:
             continue
-        if b"shim.cli.shim_main" in argv and str(d.socket).encode() in argv:
+        if is_shim_process(argv, str(d.socket)):
             pids.append(int(entry.name))
     return pids
 
@@ -359,7 +396,7 @@ def stop(d: Layout) -> None:
     if d.ip_forward.exists():
         Path("/proc/sys/net/ipv4/ip_forward").write_text(d.ip_forward.read_text())
         d.ip_forward.unlink()
-    _unmount_under(d.base)
+    unmount_under(d.base)
 
 
 def _gone(pid: int) -> bool:
@@ -375,7 +412,8 @@ def _gone(pid: int) -> bool:
         return True
 
 
-def _unmount_under(base: Path) -> None:
+def unmount_under(base: Path) -> None:
+    """Lazily unmount everything mounted at or below *base*, deepest first."""
     points = []
     with open("/proc/self/mountinfo") as f:
         for line in f:
@@ -392,14 +430,22 @@ def purge(d: Layout) -> None:
     shutil.rmtree(d.base, ignore_errors=True)
 
 
+def restart(d: Layout) -> None:
+    """What `systemctl restart containerd` does on a node, for this private one."""
+    terminate(d)
+    launch(d)
+
+
 def main(argv: list[str]) -> int:
-    if len(argv) != 2 or argv[0] not in ("start", "stop", "env", "purge"):
+    if len(argv) != 2 or argv[0] not in ("start", "stop", "env", "purge", "restart"):
         print(__doc__, file=sys.stderr)
         return 2
     d = Layout(Path(argv[1]))
     if argv[0] == "start":
         d.base.mkdir(parents=True, exist_ok=True)
         start(d)
+    elif argv[0] == "restart":
+        restart(d)
     elif argv[0] == "stop":
         stop(d)
     elif argv[0] == "purge":

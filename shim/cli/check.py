@@ -28,7 +28,7 @@ def _version(argv: list[str]) -> str | None:
 
 def run_checks(config: GraftConfig) -> list[CheckResult]:
     from shim.hypervisor.accel import probe_accelerator
-    from shim.sandbox.vm_config import GuestImageMissing, guest_image_paths
+    from shim.vmconfig.hypervisor_config import GuestImageMissing, guest_image_paths
 
     results: list[CheckResult] = []
     from shim.factory.template import DEFAULT_BINARIES

@@ -1,4 +1,8 @@
-"""containerd-shim-graft-v2: the binary containerd runs for runtime io.containerd.graft.v2."""
+"""containerd-shim-graft-v2: the binary containerd runs for runtime io.containerd.graft.v2.
+
+`start` runs for every container containerd creates, so this module and what `start` needs
+import only a few standard modules; logging, the config and protobuf load only where needed.
+"""
 from __future__ import annotations
 
 import os
@@ -19,46 +23,47 @@ def main(argv: list[str] | None = None) -> int:
     if args.action is Action.VERSION:
         print(f"containerd-shim-graft-v2:\n  Version: {VERSION}\n  Runtime: io.containerd.graft.v2")
         return 0
-
-    from shim.shim_manager.logging_setup import log_level, setup_logging
-    from shim.shim_manager.runtime_options import (CONFIG_ENV, resolve_config_path,
-                                                   saved_config_path)
-
-    # The config decides the log level, so find it before logging starts.
     if args.action is Action.SERVE:
-        config_path = os.environ.get(CONFIG_ENV, "")
-    elif args.action is Action.START:
-        config_path = resolve_config_path(sys.stdin.buffer.read())
-    else:  # delete: `start` left the path in the bundle
-        config_path = saved_config_path(args.bundle) or resolve_config_path(b"")
-    setup_logging(args.bundle, log_level(config_path, args.debug), args.action.value)
-    if args.action is Action.SERVE:
-        from shim.shim_manager.daemon import serve
-        from shim.shim_manager.start import LISTEN_FD_ENV
-
-        fd = os.environ.get(LISTEN_FD_ENV)
-        if not fd:
-            print("containerd-shim-graft-v2: run by containerd with `start`", file=sys.stderr)
-            return 2
-        return serve(args, int(fd), config_path)
+        print("containerd-shim-graft-v2: run by containerd with `start`", file=sys.stderr)
+        return 2
+    from shim.shim_manager.runtime_options import resolve_config_path, saved_config_path
 
     try:
         if args.action is Action.START:
             from shim.shim_manager.start import start
 
-            sys.stdout.write(start(args, config_path))
+            address = start(args, resolve_config_path(sys.stdin.buffer.read()))
+            sys.stdout.write(address)
         else:
             from shim.shim_manager.delete import delete
 
+            config_path = saved_config_path(args.bundle) or resolve_config_path(b"")
+            _log_to_containerd(args, config_path)
             sys.stdout.buffer.write(delete(args, config_path))
         sys.stdout.flush()
     except Exception as exc:  # one line; containerd shows it in its error
-        import logging
-
-        logging.getLogger(__name__).exception("%s failed", args.action.value)
-        print(f"{args.action.value}: {exc}", file=sys.stderr)
+        _report(args, exc)
         return 1
     return 0
+
+
+def _log_to_containerd(args, config_path: str) -> None:
+    from shim.shim_manager.logging_setup import log_level, setup_logging
+
+    setup_logging(args.bundle, log_level(config_path, args.debug), args.action.value)
+
+
+def _report(args, exc: Exception) -> None:
+    """A failure: the traceback to containerd's log (the bundle's fifo), one line to stderr."""
+    import logging
+
+    if not logging.getLogger().handlers:
+        try:
+            _log_to_containerd(args, os.environ.get("GRAFT_CONFIG", ""))
+        except Exception:  # noqa: BLE001 - the one line below still reaches containerd
+            pass
+    logging.getLogger(__name__).error("%s failed", args.action.value, exc_info=exc)
+    print(f"{args.action.value}: {exc}", file=sys.stderr)
 
 
 if __name__ == "__main__":

@@ -9,59 +9,44 @@ import time
 from dataclasses import asdict
 from typing import Any, TextIO
 
-import psutil
-
 from shim.config import GraftConfig
 from shim.factory.cli import describe_status
 from shim.factory.template import TemplateStatus, inspect_template
 from shim.sandbox import boot_metrics
-from shim.sandbox.sandbox import (InvalidSandboxId, list_sandboxes, read_boot_path,
-                                  sandbox_dir)
+from shim.sandbox.state import (BOOT_PATH_FILE, TIMELINE_FILE, SandboxEntry, list_sandboxes,
+                                read_record, vmm_pid)
 
-
-def _vmm_pid(config: GraftConfig, sandbox_id: str) -> int | None:
-    try:
-        return int((sandbox_dir(config, sandbox_id) / "vmm.pid").read_text())
-    except (OSError, ValueError):
-        return None
+_Record = tuple[SandboxEntry, "dict[str, Any] | None"]
 
 
 def _vmm_state(pid: int | None) -> str:
-    if pid is None:
-        return "no VMM recorded"
-    return f"VMM pid {pid}" if psutil.pid_exists(pid) else f"VMM pid {pid} gone"
+    return f"VMM pid {pid}" if pid is not None else "no VMM running"
 
 
-def _boot_records(config: GraftConfig) -> list[tuple[str, dict[str, Any] | None]]:
-    """(id, boot record or None while starting); skips names that are not sandbox ids."""
-    out = []
-    for sandbox_id in list_sandboxes(config):
-        try:
-            out.append((sandbox_id, read_boot_path(config, sandbox_id)))
-        except InvalidSandboxId:
-            continue
-    return out
+def _boot_records(config: GraftConfig) -> list[_Record]:
+    """(entry, boot record or None while starting) for every sandbox directory."""
+    return [(entry, read_record(config, entry.ref, BOOT_PATH_FILE) if entry.ref else None)
+            for entry in list_sandboxes(config)]
 
 
 def sandbox_lines(config: GraftConfig) -> list[str]:
-    ids = list_sandboxes(config)
-    records = dict(_boot_records(config))
-    lines = [f"sandboxes: {len(ids)}"]
-    for sandbox_id in ids:
-        if sandbox_id not in records:
-            lines.append(f"  {sandbox_id!r}: not a sandbox directory")
+    records = _boot_records(config)
+    lines = [f"sandboxes: {len(records)}"]
+    for entry, boot in records:
+        if entry.ref is None:
+            lines.append(f"  {entry.directory.name}: no owner record (starting, or not graft's)")
             continue
-        boot = records[sandbox_id]
+        name = entry.ref.describe()
         if boot is None:
-            lines.append(f"  {sandbox_id}: starting (no boot record yet)")
+            lines.append(f"  {name}: starting (no boot record yet)")
             continue
         how = "restored" if boot.get("restored") else "cold boot"
         age = time.time() - float(boot.get("created_at", time.time()))
         size = (f", {boot['vcpus']} vCPU {boot['memory_mib']} MiB"
                 if "vcpus" in boot and "memory_mib" in boot else "")
-        lines.append(f"  {sandbox_id}: {how} ({boot.get('reason', '?')}) in "
+        lines.append(f"  {name}: {how} ({boot.get('reason', '?')}) in "
                      f"{boot.get('boot_seconds', '?')}s{size}, up {age:.0f}s, "
-                     f"{_vmm_state(_vmm_pid(config, sandbox_id))}")
+                     f"{_vmm_state(vmm_pid(config, entry.ref))}")
         lines += [f"    not met: {note}" for note in boot.get("shortfalls") or ()]
     return lines
 
@@ -79,16 +64,20 @@ def _template_json(status: TemplateStatus) -> dict[str, Any]:
 
 def status_json(config: GraftConfig) -> dict[str, Any]:
     sandboxes = []
-    for sandbox_id, boot in _boot_records(config):
-        pid = _vmm_pid(config, sandbox_id)
-        entry: dict[str, Any] = {"id": sandbox_id, "vmm_pid": pid,
-                                 "vmm_running": pid is not None and psutil.pid_exists(pid)}
+    for entry, boot in _boot_records(config):
+        if entry.ref is None:
+            continue
+        pid = vmm_pid(config, entry.ref)
+        item: dict[str, Any] = {"id": entry.ref.id, "namespace": entry.ref.namespace,
+                                "directory": str(entry.directory), "vmm_pid": pid,
+                                "vmm_running": pid is not None,
+                                "timeline": read_record(config, entry.ref, TIMELINE_FILE) or []}
         if boot is None:
-            entry["boot_path"] = None  # still starting
+            item["boot_path"] = None  # still starting
         else:
-            entry["boot_path"] = boot_metrics.boot_path_label(boot)
-            entry.update({k: v for k, v in boot.items() if k != "restored"})
-        sandboxes.append(entry)
+            item["boot_path"] = boot_metrics.boot_path_label(boot)
+            item.update({k: v for k, v in boot.items() if k != "restored"})
+        sandboxes.append(item)
     return {"sandboxes": sandboxes, "template": _template_json(inspect_template(config)),
             "templates_enabled": config.enable_template}
 
@@ -111,7 +100,8 @@ def run_metrics(config: GraftConfig, out: TextIO | None = None) -> int:
     """Prometheus text exposition of every sandbox's boot record, plus the
     template's usability."""
     out = out or sys.stdout
-    records = [(sandbox_id, boot) for sandbox_id, boot in _boot_records(config) if boot]
+    records = [(entry.ref.id, boot) for entry, boot in _boot_records(config)
+               if boot and entry.ref is not None]
     out.write(boot_metrics.render(records))
     usable = 1 if inspect_template(config).usable else 0
     out.write("# HELP graft_template_usable 1 when the template can be restored now.\n"

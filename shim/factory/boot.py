@@ -18,8 +18,9 @@ from shim.agent.client import AgentClient, connect_agent
 from shim.config import GraftConfig
 from shim.hypervisor.base import (FileBackedMemoryConfig, Hypervisor, HypervisorConfig,
                                   HypervisorError, VmPaths)
-from shim.sandbox.resources import PodResources
-from shim.sandbox.vm_config import hypervisor_config
+from shim.timeline import Timeline
+from shim.vmconfig.hypervisor_config import hypervisor_config
+from shim.vmconfig.pod_resources import PodResources
 
 from .sizing import VmSize, fit_to_request
 
@@ -86,14 +87,18 @@ async def _connect(config: GraftConfig, vm: Hypervisor, started: float,
 
 
 async def cold_boot(config: GraftConfig, vm_id: str, paths: VmPaths,
-                    netns: Path | None, reason: str) -> BootedVm:
+                    netns: Path | None, reason: str,
+                    timeline: Timeline | None = None) -> BootedVm:
+    timeline = timeline or Timeline()
     hv_config = hypervisor_config(config)
     vm = make_hypervisor(config, vm_id, hv_config, paths, netns)
     loop = asyncio.get_running_loop()
     started = loop.time()
     try:
         await vm.start_vm()
+        timeline.mark("vm launched")
         agent = await _connect(config, vm, started)
+        timeline.mark("agent ready")
     except BaseException:
         await vm.stop_vm()
         raise
@@ -101,9 +106,11 @@ async def cold_boot(config: GraftConfig, vm_id: str, paths: VmPaths,
 
 
 async def restore_clone(config: GraftConfig, vm_id: str, paths: VmPaths, netns: Path | None,
-                        template_dir: Path, memory_file: Path, reason: str) -> BootedVm:
+                        template_dir: Path, memory_file: Path, reason: str,
+                        timeline: Timeline | None = None) -> BootedVm:
     """Restore a clone of the template in *template_dir* (private memory),
     resume it and wait for its agent."""
+    timeline = timeline or Timeline()
     hv_config = hypervisor_config(
         config, file_backed_memory=FileBackedMemoryConfig(path=memory_file, shared=False))
     vm = make_hypervisor(config, vm_id, hv_config, paths, netns)
@@ -111,10 +118,13 @@ async def restore_clone(config: GraftConfig, vm_id: str, paths: VmPaths, netns: 
     started = loop.time()
     try:
         await vm.restore_vm(template_dir)
+        timeline.mark("vm restored")
         await vm.resume_vm()
         agent = await _connect(config, vm, started, attempt_timeout=RESTORE_CHECK_ATTEMPT_S)
+        timeline.mark("agent ready")
         try:
             await refresh_clone_identity(agent)
+            timeline.mark("clone identity refreshed")
         except BaseException:
             await agent.close()
             raise
@@ -134,14 +144,17 @@ async def refresh_clone_identity(agent: AgentClient) -> None:
 
 async def boot_vm(config: GraftConfig, vm_id: str, paths: VmPaths,
                   netns: Path | None = None,
-                  resources: PodResources | None = None) -> BootedVm:
+                  resources: PodResources | None = None,
+                  timeline: Timeline | None = None) -> BootedVm:
     """Restore from a valid template when enabled, else cold boot, then
     hot-add what the pod asks for beyond the template's size. A template
     problem is never fatal: it is logged and we cold boot."""
-    booted = await _restore_or_cold_boot(config, vm_id, paths, netns)
+    timeline = timeline or Timeline()
+    booted = await _restore_or_cold_boot(config, vm_id, paths, netns, timeline)
     try:
         booted.size = await fit_to_request(booted.hypervisor, booted.agent,
                                            resources or PodResources())
+        timeline.mark("vm sized")
     except BaseException:
         await booted.agent.close()
         await booted.hypervisor.stop_vm()
@@ -150,9 +163,11 @@ async def boot_vm(config: GraftConfig, vm_id: str, paths: VmPaths,
 
 
 async def _restore_or_cold_boot(config: GraftConfig, vm_id: str, paths: VmPaths,
-                                netns: Path | None) -> BootedVm:
+                                netns: Path | None,
+                                timeline: Timeline | None = None) -> BootedVm:
+    timeline = timeline or Timeline()
     if not config.enable_template:
-        return await cold_boot(config, vm_id, paths, netns, "templates disabled")
+        return await cold_boot(config, vm_id, paths, netns, "templates disabled", timeline)
     from shim.factory.template import TemplateUnusable, find_usable_template
 
     try:
@@ -161,18 +176,20 @@ async def _restore_or_cold_boot(config: GraftConfig, vm_id: str, paths: VmPaths,
         template = await asyncio.to_thread(find_usable_template, config)
     except TemplateUnusable as why:
         log.info("sandbox %s: cold boot: %s", vm_id, why)
-        return await cold_boot(config, vm_id, paths, netns, str(why))
+        return await cold_boot(config, vm_id, paths, netns, str(why), timeline)
     except Exception as exc:  # a template problem is never fatal to the pod
         log.warning("sandbox %s: cold boot: cannot inspect the template: %s", vm_id, exc)
         return await cold_boot(config, vm_id, paths, netns,
-                               f"cannot inspect the template: {exc}")
+                               f"cannot inspect the template: {exc}", timeline)
     try:
+        timeline.mark("template validated")
         booted = await restore_clone(config, vm_id, paths, netns, template.directory,
-                                     template.memory_file, f"template {template.directory}")
+                                     template.memory_file, f"template {template.directory}",
+                                     timeline)
     except Exception as exc:  # VMM, agent (TtrpcError) or file trouble; cancellation passes
         log.warning("sandbox %s: restore from %s failed, cold boot instead: %s",
                     vm_id, template.directory, exc)
-        return await cold_boot(config, vm_id, paths, netns, f"restore failed: {exc}")
+        return await cold_boot(config, vm_id, paths, netns, f"restore failed: {exc}", timeline)
     log.info("sandbox %s: restored from template %s in %.3fs", vm_id, template.directory,
              booted.seconds)
     return booted

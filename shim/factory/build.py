@@ -24,7 +24,7 @@ from typing import Iterator
 from shim.agent.client import AgentClient
 from shim.config import GraftConfig
 from shim.hypervisor.base import FileBackedMemoryConfig, VmPaths
-from shim.sandbox.vm_config import hypervisor_config
+from shim.vmconfig.hypervisor_config import hypervisor_config
 
 from . import tmpfs
 from .boot import _connect, make_hypervisor

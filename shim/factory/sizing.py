@@ -21,7 +21,7 @@ from dataclasses import dataclass
 
 from shim.agent.client import AgentClient
 from shim.hypervisor.base import Hypervisor
-from shim.sandbox.resources import PodResources
+from shim.vmconfig.pod_resources import PodResources
 
 log = logging.getLogger(__name__)
 

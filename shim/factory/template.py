@@ -23,7 +23,7 @@ from pathlib import Path
 from shim.config import GraftConfig
 from shim.hypervisor.accel import resolve_accelerator
 from shim.hypervisor.base import FileBackedMemoryConfig
-from shim.sandbox.vm_config import hypervisor_config
+from shim.vmconfig.hypervisor_config import hypervisor_config
 
 from .digests import DigestCache
 from .metadata import MEMORY_FILE, MetadataError, TemplateMetadata, read_metadata

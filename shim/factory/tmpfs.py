@@ -6,24 +6,13 @@ clones map it without disk I/O, and the size limit bounds what a template
 """
 from __future__ import annotations
 
-import ctypes
-import ctypes.util
 import errno
 import os
 from pathlib import Path
 
-from shim.sandbox.mounts import _unescape
+from shim.mounts import MNT_DETACH, MS_NODEV, MS_NOSUID, MS_REMOUNT, _unescape, mount, umount2
 
-MS_REMOUNT = 0x20
-MS_NOSUID = 0x2
-MS_NODEV = 0x4
-MNT_DETACH = 0x2
 _FLAGS = MS_NOSUID | MS_NODEV
-
-_libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
-_libc.mount.argtypes = (ctypes.c_char_p, ctypes.c_char_p, ctypes.c_char_p, ctypes.c_ulong,
-                        ctypes.c_void_p)
-_libc.umount2.argtypes = (ctypes.c_char_p, ctypes.c_int)
 
 
 def mounted_fstype(path: Path) -> str | None:
@@ -39,10 +28,7 @@ def mounted_fstype(path: Path) -> str | None:
 
 
 def _mount(target: Path, flags: int, data: str) -> None:
-    if _libc.mount(b"graft-template", os.fsencode(target), b"tmpfs", flags,
-                   data.encode()) != 0:
-        err = ctypes.get_errno()
-        raise OSError(err, f"mount tmpfs on {target} ({data}): {os.strerror(err)}")
+    mount("graft-template", target, "tmpfs", flags, data)
 
 
 def mount_tmpfs(target: Path, size_bytes: int) -> None:
@@ -69,10 +55,10 @@ def unmount_tmpfs(target: Path) -> bool:
     keep it busy: then detach lazily (the kernel frees it when they exit)."""
     if mounted_fstype(target) is None:
         return False
-    if _libc.umount2(os.fsencode(target), 0) == 0:
-        return True
-    err = ctypes.get_errno()
-    if err == errno.EBUSY and _libc.umount2(os.fsencode(target), MNT_DETACH) == 0:
-        return True
-    err = ctypes.get_errno() or err
-    raise OSError(err, f"unmount {target}: {os.strerror(err)}")
+    try:
+        umount2(target)
+    except OSError as exc:
+        if exc.errno != errno.EBUSY:
+            raise
+        umount2(target, MNT_DETACH)
+    return True

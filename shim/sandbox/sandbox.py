@@ -3,103 +3,103 @@
 Phases: launch (prepare dirs → factory boots or restores the VM and sizes it
 to the pod → agent CreateSandbox), per container (rootfs bind-mounted into the 9p share), stop
 (agent DestroySandbox → VM stop → unmount → remove dirs). Everything a sandbox
-creates on the host lives under ``<state_dir>/sandboxes/<id>/`` so that
-:func:`cleanup_sandbox_leftovers` can remove it even when the owning process
-died.
+creates on the host lives under its run dir (shim/sandbox/state.py) so that
+state.cleanup_leftovers can remove it even when the owning process died.
 """
 from __future__ import annotations
 
 import asyncio
 import json
 import logging
-import re
 import shutil
-import signal
 import time
 from pathlib import Path
-
-import psutil
 
 from shim.agent.client import AgentClient
 from shim.config import GraftConfig
 from shim.factory.boot import BootPath, boot_vm
 from shim.factory.sizing import VmSize
 from shim.hypervisor.base import Hypervisor, NetworkDevice, VmPaths
+from shim.mounts import bind_mount, mount_tmpfs, unmount_all_under
 from shim.network import (NoPodInterface, PodEndpoint, agent_interface, agent_routes,
                           attach_endpoint, detach_endpoint)
 from shim.sandbox import boot_metrics
-from shim.sandbox.mounts import bind_mount, unmount_all_under
-from shim.sandbox.resources import PodResources
+from shim.sandbox import state
+from shim.sandbox.state import SandboxRef, validate_id
+from shim.timeline import Timeline
+from shim.vmconfig.pod_resources import PodResources
 
 log = logging.getLogger(__name__)
 
 GUEST_SHARE_MOUNT = "/run/graft/shared"
-_VALID_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
-_VMM_PID_FILE = "vmm.pid"
-_BOOT_PATH_FILE = "boot_path.json"
-_METRICS_FILE = "metrics.prom"
-_NETWORK_FILE = "network.json"
-
-
-class InvalidSandboxId(ValueError):
-    pass
-
-
-def sandbox_dir(config: GraftConfig, sandbox_id: str) -> Path:
-    if not _VALID_ID.match(sandbox_id):
-        raise InvalidSandboxId(f"invalid sandbox/container id {sandbox_id!r}")
-    return config.state_dir / "sandboxes" / sandbox_id
+# The share's root holds only directories graft makes (per-container rootfs and volume binds
+# are mounts of their own): a small nosuid/nodev tmpfs bounds what the guest can put there.
+SHARE_ROOT_BYTES = 16 << 20
 
 
 class Sandbox:
-    def __init__(self, sandbox_id: str, config: GraftConfig, paths: VmPaths,
+    def __init__(self, ref: SandboxRef, config: GraftConfig, paths: VmPaths,
                  vm: Hypervisor, agent: AgentClient, boot_path: BootPath,
                  size: VmSize | None = None) -> None:
-        self.id = sandbox_id
+        self.ref = ref
+        self.id = ref.id
         self.config = config
         self.paths = paths
         self.vm = vm
         self.agent = agent
         self.boot_path = boot_path
         self.size = size or VmSize(vcpus=vm.config.vcpus, memory_mib=vm.config.memory_mib)
-        self._stopped = False
+        self._stop_started = False
+        self._stopped = asyncio.Event()
         self._rootfs: dict[str, Path] = {}
         self.endpoint: PodEndpoint | None = None
 
     @classmethod
-    async def launch(cls, sandbox_id: str, config: GraftConfig, netns: Path | None = None,
+    async def launch(cls, ref: SandboxRef | str, config: GraftConfig, netns: Path | None = None,
                      hostname: str = "", dns: list[str] | None = None,
-                     resources: PodResources | None = None) -> "Sandbox":
-        run_dir = sandbox_dir(config, sandbox_id)
+                     resources: PodResources | None = None,
+                     timeline: Timeline | None = None) -> "Sandbox":
+        ref = SandboxRef.of(ref)
+        state.check_socket_room(config)
+        timeline = timeline or Timeline()
+        run_dir = state.run_dir(config, ref)
         if run_dir.exists():
-            raise FileExistsError(f"sandbox {sandbox_id} already exists at {run_dir}")
+            raise FileExistsError(f"sandbox {ref.describe()} already exists at {run_dir}")
         paths = VmPaths(run_dir=run_dir, shared_dir=run_dir / "shared")
         paths.shared_dir.mkdir(parents=True, mode=0o700)
+        state.write_owner(run_dir, ref)
+        timeline.attach(run_dir)
         endpoint: PodEndpoint | None = None
         try:
+            mount_tmpfs(paths.shared_dir, SHARE_ROOT_BYTES)
             if netns is not None:
                 endpoint = await _attach_network(netns)
-            booted = await boot_vm(config, sandbox_id, paths, netns, resources)
+                timeline.mark("network attached")
+            booted = await boot_vm(config, ref.id, paths, netns, resources, timeline)
         except BaseException:
+            timeline.detach()
             if endpoint is not None:
                 await asyncio.to_thread(detach_endpoint, endpoint.netns, endpoint.tap_name)
-            _remove_run_dir(run_dir)
+            state.remove_run_dir(run_dir)
             raise
-        sandbox = cls(sandbox_id, config, paths, booted.hypervisor, booted.agent,
+        sandbox = cls(ref, config, paths, booted.hypervisor, booted.agent,
                       booted.boot_path, booted.size)
         sandbox.endpoint = endpoint
         try:
             sandbox._record_state(booted.seconds)
             if endpoint is not None:
                 await sandbox._plug_network(endpoint)
+                timeline.mark("nic ready")
             await booted.agent.create_sandbox(
-                sandbox_id=sandbox_id, hostname=hostname or sandbox_id[:63],
+                sandbox_id=ref.id, hostname=hostname or ref.id[:63],
                 share_mount_tag=booted.hypervisor.config.share_mount_tag,
                 share_mount_point=GUEST_SHARE_MOUNT, dns=dns)
+            timeline.mark("sandbox ready")
         except BaseException:
+            timeline.detach()
             await sandbox.stop()
             raise
-        log.info("sandbox %s: %s in %.2fs", sandbox_id, booted.boot_path.describe(),
+        log.info("sandbox %s: %s in %.2fs", ref.describe(), booted.boot_path.describe(),
                  booted.seconds)
         return sandbox
 
@@ -112,17 +112,19 @@ class Sandbox:
         await self.agent.update_routes(agent_routes(endpoint))
 
     def _record_state(self, boot_seconds: float) -> None:
-        (self.paths.run_dir / _VMM_PID_FILE).write_text(str(self.vm.pid))
+        run_dir = self.paths.run_dir
+        if self.vm.pid is not None:
+            state.record_vmm(run_dir, self.vm.pid)
         if self.endpoint is not None:
-            (self.paths.run_dir / _NETWORK_FILE).write_text(json.dumps({
+            (run_dir / state.NETWORK_FILE).write_text(json.dumps({
                 "netns": str(self.endpoint.netns), "tap": self.endpoint.tap_name}))
         record = {
             "restored": self.boot_path.restored, "reason": self.boot_path.reason,
             "boot_seconds": round(boot_seconds, 3), "created_at": time.time(),
             "vcpus": self.size.vcpus, "memory_mib": self.size.memory_mib,
             "shortfalls": list(self.size.shortfalls)}
-        (self.paths.run_dir / _BOOT_PATH_FILE).write_text(json.dumps(record))
-        boot_metrics.write(self.paths.run_dir / _METRICS_FILE, self.id, record)
+        (run_dir / state.BOOT_PATH_FILE).write_text(json.dumps(record))
+        boot_metrics.write(run_dir / state.METRICS_FILE, self.id, record)
 
     @property
     def vmm_pid(self) -> int | None:
@@ -134,13 +136,13 @@ class Sandbox:
     # -- per container -------------------------------------------------------
     def add_container_rootfs(self, container_id: str, rootfs: Path) -> str:
         """Expose *rootfs* to the guest; returns its path inside the guest."""
-        sandbox_dir(self.config, container_id)  # validates the id
+        validate_id(container_id, "container id")
         if container_id in self._rootfs:
             raise FileExistsError(f"container {container_id} already has a rootfs")
         target = self.paths.shared_dir / container_id / "rootfs"
         target.mkdir(parents=True)
         try:
-            bind_mount(rootfs, target)
+            bind_mount(rootfs, target, confined=True)
         except OSError:
             shutil.rmtree(target.parent, ignore_errors=True)
             raise
@@ -162,22 +164,46 @@ class Sandbox:
         await self.vm.resume_vm()
 
     async def stop(self) -> None:
-        """Tear everything down. Idempotent; never raises for a dead VM."""
-        if self._stopped:
+        """Tear everything down. Idempotent; never raises for a dead VM. Every step runs even
+        when an earlier one fails (a VMM that will not die must not keep the mounts and the
+        run dir alive); the first failure is raised at the end."""
+        if self._stop_started:
+            await self._stopped.wait()
             return
-        self._stopped = True
-        if not self.agent.closed:
+        self._stop_started = True
+        failures: list[BaseException] = []
+        try:
+            if not self.agent.closed:
+                try:
+                    await asyncio.wait_for(self.agent.destroy_sandbox(), 5)
+                except Exception as exc:  # the VM may be dead or wedged: stop it anyway
+                    log.debug("sandbox %s: DestroySandbox failed: %s", self.id, exc)
+                await _collect(failures, self.agent.close())
+            await _collect(failures, self.vm.stop_vm())
+            if self.endpoint is not None:
+                await _collect(failures, asyncio.to_thread(
+                    detach_endpoint, self.endpoint.netns, self.endpoint.tap_name))
+            for container_id in list(self._rootfs):
+                try:
+                    self.remove_container_rootfs(container_id)
+                except OSError as exc:
+                    failures.append(exc)
             try:
-                await asyncio.wait_for(self.agent.destroy_sandbox(), 5)
-            except Exception as exc:  # the VM may be dead or wedged: stop it anyway
-                log.debug("sandbox %s: DestroySandbox failed: %s", self.id, exc)
-            await self.agent.close()
-        await self.vm.stop_vm()
-        if self.endpoint is not None:
-            await asyncio.to_thread(detach_endpoint, self.endpoint.netns, self.endpoint.tap_name)
-        for container_id in list(self._rootfs):
-            self.remove_container_rootfs(container_id)
-        _remove_run_dir(self.paths.run_dir)
+                state.remove_run_dir(self.paths.run_dir)
+            except OSError as exc:
+                failures.append(exc)
+        finally:
+            self._stopped.set()
+        if failures:
+            raise failures[0]
+
+
+async def _collect(failures: list[BaseException], step) -> None:
+    try:
+        await step
+    except Exception as exc:
+        log.warning("teardown step failed: %s", exc)
+        failures.append(exc)
 
 
 async def _attach_network(netns: Path) -> PodEndpoint | None:
@@ -190,50 +216,4 @@ async def _attach_network(netns: Path) -> PodEndpoint | None:
         return None
 
 
-def _remove_run_dir(run_dir: Path) -> None:
-    unmount_all_under(run_dir)
-    shutil.rmtree(run_dir, ignore_errors=True)
-
-
-def _kill_recorded_vmm(run_dir: Path) -> None:
-    try:
-        pid = int((run_dir / _VMM_PID_FILE).read_text())
-        proc = psutil.Process(pid)
-        # Only kill it if it really is this sandbox's VMM (pids get reused).
-        if not any(str(run_dir) in arg for arg in proc.cmdline()):
-            return
-        proc.send_signal(signal.SIGKILL)
-        proc.wait(5)
-    except (OSError, ValueError, psutil.Error):
-        pass
-
-
-def cleanup_sandbox_leftovers(config: GraftConfig, sandbox_id: str) -> None:
-    """Remove whatever a dead owner left of *sandbox_id*: VMM process,
-    mounts, sockets, directories. Safe to call when nothing is left."""
-    run_dir = sandbox_dir(config, sandbox_id)
-    if not run_dir.exists():
-        return
-    _kill_recorded_vmm(run_dir)
-    try:
-        net = json.loads((run_dir / _NETWORK_FILE).read_text())
-        detach_endpoint(Path(net["netns"]), net["tap"])
-    except (OSError, ValueError, KeyError):
-        pass
-    _remove_run_dir(run_dir)
-
-
-def read_boot_path(config: GraftConfig, sandbox_id: str) -> dict | None:
-    try:
-        return json.loads((sandbox_dir(config, sandbox_id) / _BOOT_PATH_FILE).read_text())
-    except (OSError, ValueError):
-        return None
-
-
-def list_sandboxes(config: GraftConfig) -> list[str]:
-    root = config.state_dir / "sandboxes"
-    return sorted(p.name for p in root.iterdir()) if root.is_dir() else []
-
-
-__all__ = ["Sandbox", "cleanup_sandbox_leftovers", "read_boot_path", "list_sandboxes",
-           "GUEST_SHARE_MOUNT", "InvalidSandboxId"]
+__all__ = ["Sandbox", "GUEST_SHARE_MOUNT"]

@@ -17,6 +17,7 @@ from pathlib import Path
 from shim.events import Publisher
 from shim.task.backend import PodBackend
 from shim.task.manager import TaskManager
+from shim.timeline import START_EXEC_ENV, Timeline
 from shim.ttrpc import Server
 
 from .args import ShimArgs
@@ -33,7 +34,7 @@ CONNECTION_GRACE_SECONDS = 1.0
 class Daemon:
     def __init__(self, args: ShimArgs, listener: socket.socket,
                  backend_factory: Callable[[], PodBackend],
-                 idle_seconds: float = IDLE_SECONDS) -> None:
+                 idle_seconds: float = IDLE_SECONDS, timeline: Timeline | None = None) -> None:
         self.args = args
         self._listener = listener
         self._socket_path = Path(listener.getsockname())
@@ -41,6 +42,7 @@ class Daemon:
         self._idle_seconds = idle_seconds
         self._connections = 0
         self._stop = asyncio.Event()
+        self.timeline = timeline or Timeline()
 
     @property
     def socket_path(self) -> Path:
@@ -85,6 +87,7 @@ class Daemon:
                       asyncio.ensure_future(self._idle_watch(manager))]
         for task in background:
             task.add_done_callback(self._background_ended)
+        self.timeline.mark("shim serving")
         log.info("shim %s serving %s on %s", os.getpid(), self.args.id, self._socket_path)
         try:
             await self._stop.wait()
@@ -143,7 +146,11 @@ def serve(args: ShimArgs, listen_fd: int, config_path: str) -> int:
     become_subreaper()
     listener = socket.socket(fileno=listen_fd)
     listener.setblocking(False)
-    daemon = Daemon(args, listener, lambda: VmBackend(config_path))
+    timeline = Timeline()
+    if os.environ.get(START_EXEC_ENV):
+        timeline.mark("shim exec", float(os.environ[START_EXEC_ENV]))
+    daemon = Daemon(args, listener, lambda: VmBackend(config_path, args.namespace, args.address,
+                                                      timeline), timeline=timeline)
     loop = asyncio.new_event_loop()
     status = 0
     try:
@@ -153,7 +160,8 @@ def serve(args: ShimArgs, listen_fd: int, config_path: str) -> int:
         socket_address.remove(daemon.socket_path)  # run() may have failed before owning it
         status = 1
     finally:
-        # Everything we own is cleaned up by now. Do not let a worker thread stuck in a
-        # blocking call (asyncio.run would join it) keep a finished shim alive.
+        # Everything we own is cleaned up by now. The caller exits with os._exit: a worker
+        # thread stuck in a blocking call (asyncio.run would join it) must not keep a
+        # finished shim alive.
         logging.shutdown()
-        os._exit(status)
+    return status

@@ -74,20 +74,21 @@ def delete(args: ShimArgs, config_path: str) -> bytes:
             asyncio.run(_ask_daemon(path, args.id))
         elif info.is_sandbox:
             socket_address.remove(path)  # its daemon is dead
-    unmount_rootfs(args.bundle / "rootfs")
+    unmount_rootfs(Path(args.bundle) / "rootfs")
     if info is None or info.is_sandbox:
-        _cleanup_vm(args.id, config_path)
+        _cleanup_vm(args, config_path)
     stamp = timestamp_pb2.Timestamp()
     stamp.FromNanoseconds(time.time_ns())
     return shim_pb2.DeleteResponse(pid=0, exit_status=KILLED_STATUS,
                                    exited_at=stamp).SerializeToString()
 
 
-def _cleanup_vm(sandbox_id: str, config_path: str) -> None:
+def _cleanup_vm(args: ShimArgs, config_path: str) -> None:
     from shim.config import load_config
-    from shim.sandbox.sandbox import cleanup_sandbox_leftovers
+    from shim.sandbox.state import SandboxRef, cleanup_leftovers
 
     try:
-        cleanup_sandbox_leftovers(load_config(config_path or None), sandbox_id)
+        cleanup_leftovers(load_config(config_path or None),
+                          SandboxRef(args.id, args.namespace, args.address))
     except Exception as exc:
-        log.warning("delete: cleaning up sandbox %s: %s", sandbox_id, exc)
+        log.warning("delete: cleaning up sandbox %s: %s", args.id, exc)

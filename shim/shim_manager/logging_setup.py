@@ -42,11 +42,11 @@ def log_level(config_path: str, debug: bool) -> int:
     return logging.getLevelName(str(name).upper())
 
 
-def setup_logging(bundle: Path, level: int, component: str) -> None:
+def setup_logging(bundle: str | Path, level: int, component: str) -> None:
     root = logging.getLogger()
     root.setLevel(level)
     try:
-        fd = os.open(bundle / "log", os.O_WRONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+        fd = os.open(os.path.join(bundle, "log"), os.O_WRONLY | os.O_NONBLOCK | os.O_CLOEXEC)
     except OSError:
         # No fifo or no reader: stay silent. stdout/stderr are not ours to use (`start`'s are
         # read as the address), and without a handler logging's last resort writes warnings

@@ -1,13 +1,62 @@
-"""Runtime options containerd writes to `start`'s stdin."""
+"""Runtime options containerd writes to `start`'s stdin.
+
+`start` runs for every container, so it must not import protobuf (~30 ms): the two messages
+read here — google.protobuf.Any{type_url=1, value=2} holding runtimeoptions.v1.Options
+{type_url=1, config_path=2, config_body=3} — are decoded from the wire format directly (unit
+tests check the decoder against protobuf's own encoder).
+"""
 from __future__ import annotations
 
+import json
 import os
-
-from google.protobuf import any_pb2
-from google.protobuf.message import DecodeError
 
 CONFIG_ENV = "GRAFT_CONFIG"
 _OPTIONS_TYPE = "runtimeoptions.v1.Options"
+_VARINT, _I64, _LEN, _I32 = 0, 1, 2, 5
+
+
+class _Malformed(ValueError):
+    pass
+
+
+def _varint(data: bytes, pos: int) -> tuple[int, int]:
+    value = shift = 0
+    while True:
+        if pos >= len(data) or shift > 63:
+            raise _Malformed("truncated varint")
+        byte = data[pos]
+        pos += 1
+        value |= (byte & 0x7F) << shift
+        if not byte & 0x80:
+            return value, pos
+        shift += 7
+
+
+def length_delimited_fields(data: bytes) -> dict[int, bytes]:
+    """Field number → bytes of the last length-delimited occurrence (other wire types are
+    skipped). _Malformed on anything that is not a valid message."""
+    fields: dict[int, bytes] = {}
+    pos = 0
+    while pos < len(data):
+        key, pos = _varint(data, pos)
+        number, wire = key >> 3, key & 7
+        if number == 0:
+            raise _Malformed("field number 0")
+        if wire == _VARINT:
+            _, pos = _varint(data, pos)
+        elif wire == _LEN:
+            size, pos = _varint(data, pos)
+            if pos + size > len(data):
+                raise _Malformed("truncated field")
+            fields[number] = data[pos:pos + size]
+            pos += size
+        elif wire in (_I64, _I32):
+            pos += 8 if wire == _I64 else 4
+            if pos > len(data):
+                raise _Malformed("truncated field")
+        else:
+            raise _Malformed(f"wire type {wire}")
+    return fields
 
 
 def config_path_from_options(data: bytes) -> str:
@@ -16,16 +65,12 @@ def config_path_from_options(data: bytes) -> str:
     if not data:
         return ""
     try:
-        wrapped = any_pb2.Any.FromString(data)
-    except DecodeError:
-        return ""
-    if wrapped.type_url.rsplit("/", 1)[-1] != _OPTIONS_TYPE:
-        return ""
-    from shim.api.containerd import runtimeoptions_pb2
-
-    try:
-        return runtimeoptions_pb2.Options.FromString(wrapped.value).config_path
-    except DecodeError:
+        wrapped = length_delimited_fields(data)
+        type_url = wrapped.get(1, b"").decode()
+        if type_url.rsplit("/", 1)[-1] != _OPTIONS_TYPE:
+            return ""
+        return length_delimited_fields(wrapped.get(2, b"")).get(2, b"").decode()
+    except (_Malformed, UnicodeDecodeError):
         return ""
 
 
@@ -39,16 +84,14 @@ def resolve_config_path(options_data: bytes, environ: dict[str, str] | None = No
 _SAVED = "graft-options.json"
 
 
-def save_config_path(bundle, config_path: str) -> None:
-    import json
+def save_config_path(bundle: str | os.PathLike, config_path: str) -> None:
+    with open(os.path.join(bundle, _SAVED), "w") as f:
+        f.write(json.dumps({"config_path": config_path}))
 
-    (bundle / _SAVED).write_text(json.dumps({"config_path": config_path}))
 
-
-def saved_config_path(bundle) -> str:
-    import json
-
+def saved_config_path(bundle: str | os.PathLike) -> str:
     try:
-        return str(json.loads((bundle / _SAVED).read_text()).get("config_path", ""))
+        with open(os.path.join(bundle, _SAVED)) as f:
+            return str(json.loads(f.read()).get("config_path", ""))
     except (OSError, ValueError, AttributeError):
         return ""

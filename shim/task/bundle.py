@@ -1,19 +1,28 @@
-"""What the shim reads from an OCI bundle written by containerd."""
+"""What the shim reads from an OCI bundle written by containerd.
+
+Light on imports (no dataclasses, no pathlib): `start` reads the bundle for every container.
+"""
 from __future__ import annotations
 
 import enum
 import json
-from dataclasses import dataclass
-from pathlib import Path
+import os
 
 CONTAINER_TYPE = "io.kubernetes.cri.container-type"
 SANDBOX_ID = "io.kubernetes.cri.sandbox-id"
 
 
-@dataclass(frozen=True)
 class BundleInfo:
-    container_type: str   # "sandbox", "container", or "" (no CRI annotations: ctr-style pod of one)
-    sandbox_id: str       # the pod this container belongs to (its own id for a sandbox)
+    __slots__ = ("container_type", "sandbox_id")
+
+    def __init__(self, container_type: str, sandbox_id: str) -> None:
+        # "sandbox", "container", or "" (no CRI annotations: ctr-style pod of one)
+        self.container_type = container_type
+        self.sandbox_id = sandbox_id  # the pod this container belongs to (its own id for a sandbox)
+
+    def __eq__(self, other: object) -> bool:
+        return (isinstance(other, BundleInfo) and other.container_type == self.container_type
+                and other.sandbox_id == self.sandbox_id)
 
     @property
     def is_sandbox(self) -> bool:
@@ -34,11 +43,12 @@ class ContainerKind(enum.Enum):
     APP = "app"         # CRI app container: runs in its sandbox's VM
 
 
-def read_spec(bundle: Path) -> dict:
+def read_spec(bundle: "str | Path") -> dict:
     """The bundle's OCI spec; {} when there is none. ValueError when it is not an OCI spec."""
-    path = bundle / "config.json"
+    path = os.path.join(bundle, "config.json")
     try:
-        spec = json.loads(path.read_text())
+        with open(path, "rb") as f:
+            spec = json.loads(f.read())
     except FileNotFoundError:
         return {}
     except (OSError, ValueError) as exc:
@@ -65,8 +75,10 @@ def bundle_info(container_id: str, spec: dict) -> BundleInfo:
     return BundleInfo(ctype, container_id)
 
 
-def network_namespace(spec: dict) -> Path | None:
+def network_namespace(spec: dict) -> "Path | None":
     """The pod netns path from linux.namespaces (where the VMM must run), if any."""
+    from pathlib import Path
+
     for ns in (spec.get("linux") or {}).get("namespaces") or []:
         if ns.get("type") == "network" and ns.get("path"):
             return Path(ns["path"])

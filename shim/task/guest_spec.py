@@ -33,6 +33,7 @@ SHM_MOUNT = {"destination": "/dev/shm", "type": "tmpfs", "source": "shm",
 class HostBind:
     source: Path        # host path to expose
     share_name: str     # name under the share's per-container mounts dir
+    readonly: bool = False  # the mount asks for ro: enforced on the host side too
 
 
 def _is_host_bind(mount: dict) -> bool:
@@ -68,7 +69,8 @@ def guest_spec(spec: dict, guest_mounts_dir: str) -> tuple[dict, list[HostBind]]
             mounts.append(dict(SHM_MOUNT))
         else:
             name = str(len(binds))
-            binds.append(HostBind(Path(mount["source"]), name))
+            readonly = "ro" in (mount.get("options") or [])
+            binds.append(HostBind(Path(mount["source"]), name, readonly))
             mounts.append({**mount, "source": f"{guest_mounts_dir}/{name}"})
     if "mounts" in out:
         out["mounts"] = mounts

@@ -5,7 +5,7 @@ import asyncio
 from dataclasses import dataclass
 from pathlib import Path
 
-from shim.sandbox.mounts import unmount_all_under
+from shim.mounts import unmount_all_under
 
 
 @dataclass(frozen=True)

@@ -21,8 +21,10 @@ from collections.abc import Callable
 from pathlib import Path
 
 from shim.agent.client import AgentClient
-from shim.sandbox.mounts import bind_mount, mounts_under, unmount_all_under
+from shim.mounts import bind_mount, mounts_under, unmount_all_under
 from shim.sandbox.sandbox import GUEST_SHARE_MOUNT
+from shim.sandbox.state import LOCAL_NAMESPACE, SandboxRef
+from shim.timeline import Timeline
 from shim.ttrpc import Code, TtrpcError
 
 from .backend import ContainerConfig
@@ -41,17 +43,25 @@ _MOUNTS_DIR = ".mounts"  # not a valid container id: never collides with a rootf
 class _AgentStreams:
     def __init__(self, backend: "VmBackend", container_id: str, exec_id: str) -> None:
         self._backend, self._cid, self._eid = backend, container_id, exec_id
+        self._output_seen = False
+
+    def _saw(self, data: bytes) -> None:
+        if data and not self._output_seen and not self._eid:
+            self._output_seen = True
+            self._backend.timeline.mark(f"{self._cid} first output")
 
     async def read_stdout(self) -> tuple[bytes, bool]:
         if not self._backend._guest(self._cid):
             return b"", True  # the pod VM itself: no guest process, no output
         r = await self._backend.agent.read_stdout(self._cid, self._eid)
+        self._saw(r.data)
         return r.data, r.eof
 
     async def read_stderr(self) -> tuple[bytes, bool]:
         if not self._backend._guest(self._cid):
             return b"", True
         r = await self._backend.agent.read_stderr(self._cid, self._eid)
+        self._saw(r.data)
         return r.data, r.eof
 
     async def write_stdin(self, data: bytes) -> int:
@@ -65,8 +75,12 @@ class _AgentStreams:
 
 
 class VmBackend:
-    def __init__(self, config_path: str = "") -> None:
+    def __init__(self, config_path: str = "", namespace: str = LOCAL_NAMESPACE,
+                 owner: str = "", timeline: Timeline | None = None) -> None:
         self._config_path = config_path
+        self._namespace = namespace
+        self._owner = owner  # containerd's address: part of the sandbox's name on the host
+        self.timeline = timeline or Timeline()
         self._sandbox = None           # shim.sandbox.sandbox.Sandbox once launched
         self._sandbox_id = ""
         self._vm_exit: asyncio.Future[ExitInfo] | None = None
@@ -96,13 +110,15 @@ class VmBackend:
 
     async def _launch(self, config: ContainerConfig) -> None:
         from shim.config import load_config
-        from shim.sandbox.resources import requested_resources
         from shim.sandbox.sandbox import Sandbox
+        from shim.vmconfig.pod_resources import requested_resources
 
         graft_config = load_config(self._config_path or None)
+        ref = SandboxRef(config.sandbox_id, self._namespace, self._owner)
         self._sandbox = await Sandbox.launch(
-            config.sandbox_id, graft_config, netns=network_namespace(config.spec),
-            hostname=hostname(config.spec), resources=requested_resources(config.spec))
+            ref, graft_config, netns=network_namespace(config.spec),
+            hostname=hostname(config.spec), resources=requested_resources(config.spec),
+            timeline=self.timeline)
         self._sandbox_id = config.sandbox_id
         loop = asyncio.get_running_loop()
         self._vm_exit = loop.create_future()
@@ -136,6 +152,7 @@ class VmBackend:
         self._vm_exit.set_result(ExitInfo(code, time.time_ns()))
 
     async def create_container(self, config: ContainerConfig) -> int:
+        self.timeline.mark(f"{config.id} create")
         if config.kind in (ContainerKind.POD_VM, ContainerKind.SINGLE):
             if self._sandbox is not None:
                 raise FailedPrecondition(f"this shim already runs pod {self._sandbox_id}")
@@ -154,6 +171,7 @@ class VmBackend:
             await self.agent.create_container(
                 config.id, json.dumps(spec).encode(), guest_rootfs, stdin=config.stdio.has_stdin,
                 runtime=self._sandbox.config.get("agent", "runtime"))
+            self.timeline.mark(f"{config.id} created")
         except BaseException:
             self._remove_binds(config.id)
             self._sandbox.remove_container_rootfs(config.id)
@@ -165,7 +183,9 @@ class VmBackend:
 
     async def start_container(self, container_id: str) -> None:
         if self._guest(container_id):
+            self.timeline.mark(f"{container_id} start")
             await self.agent.start_container(container_id)
+            self.timeline.mark(f"{container_id} started")
 
     async def exec_process(self, container_id: str, exec_id: str, process_json: bytes,
                            stdio: StdioSpec) -> int:
@@ -271,7 +291,7 @@ class VmBackend:
                 target.mkdir()
             else:
                 target.touch()
-            bind_mount(bind.source, target)
+            bind_mount(bind.source, target, readonly=bind.readonly, confined=True)
 
     def _remove_binds(self, container_id: str) -> None:
         if self._sandbox is None:

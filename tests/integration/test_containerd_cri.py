@@ -92,7 +92,7 @@ def test_cri_pod_flow_with_runc_for_comparison(runtime):
 
 
 def _shims_of(address: str) -> list[str]:
-    out = subprocess.run(["pgrep", "-af", "shim.cli.shim_main"], capture_output=True, text=True)
+    out = subprocess.run(["pgrep", "-af", "containerd-shim-graft-v2 "], capture_output=True, text=True)
     return [line for line in out.stdout.splitlines() if f"-address {address} " in line]
 
 
@@ -109,7 +109,7 @@ def test_cri_pod_flow_with_graft(runtime, containerd):
 
 
 def _vmm_pids_of(sandbox_id: str) -> list[int]:
-    out = subprocess.run(["pgrep", "-f", f"qemu-system.*/sandboxes/{sandbox_id}/"],
+    out = subprocess.run(["pgrep", "-f", f"qemu-system.* -name graft-{sandbox_id}( |$)"],
                          capture_output=True, text=True)
     return [int(pid) for pid in out.stdout.split()]
 

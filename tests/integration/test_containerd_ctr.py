@@ -26,7 +26,7 @@ def vm_ready():
 
 
 def _shim_processes(containerd_address: str) -> list[str]:
-    out = subprocess.run(["pgrep", "-af", "shim.cli.shim_main"], capture_output=True, text=True)
+    out = subprocess.run(["pgrep", "-af", "containerd-shim-graft-v2 "], capture_output=True, text=True)
     return [line for line in out.stdout.splitlines()
             if f"-address {containerd_address} " in line and "pgrep" not in line]
 
@@ -118,6 +118,24 @@ def test_detached_exec_kill_and_delete(containerd, vm_ready):
         containerd.ctr("task", "rm", "-f", "long", check=False)
         containerd.ctr("container", "rm", "long", check=False)
     _no_leftovers(containerd, before)
+
+
+def test_same_id_in_two_namespaces_are_two_pods(containerd, vm_ready):
+    """`ctr -n default run … twin`, then `ctr -n k8s.io run --rm … twin`: two VMs with their
+    own state; the second one's delete leaves the first running (state was keyed by id
+    alone: the second delete killed the first pod's VM)."""
+    containerd.ctr("run", "-d", "--runtime", RUNTIME, IMAGE, "twin", "sleep", "1000")
+    try:
+        done = containerd.ctr("run", "--rm", "--runtime", RUNTIME, IMAGE, "twin", "echo",
+                              "from-k8s-twin", namespace="k8s.io")
+        assert done.stdout == b"from-k8s-twin\n"
+        assert b"RUNNING" in containerd.ctr("task", "ls").stdout
+        done = containerd.ctr("task", "exec", "--exec-id", "e1", "twin", "echo", "alive")
+        assert done.stdout == b"alive\n"
+    finally:
+        containerd.ctr("task", "kill", "-s", "SIGKILL", "twin", check=False)
+        containerd.ctr("task", "rm", "-f", "twin", check=False)
+        containerd.ctr("container", "rm", "twin", check=False)
 
 
 def test_tty(containerd, vm_ready):

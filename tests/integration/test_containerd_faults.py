@@ -126,7 +126,7 @@ def test_vmm_killed_under_running_task(containerd, vm_ready, tmp_path):
             _wait_until(lambda: _task_status(containerd, cid) == "RUNNING" or run.poll() is not None,
                         180, "the task to run")
             assert run.poll() is None, run.communicate()
-            vmms = vmm_pids(pod.state_dir, cid)
+            vmms = vmm_pids(pod.run_dir)
             assert len(vmms) == 1, vmms
             os.kill(vmms[0], signal.SIGKILL)
             _, stderr = run.communicate(timeout=60)  # Wait answered: ctr returns
@@ -219,7 +219,7 @@ def test_vmm_killed_under_cri_pod(containerd, vm_ready):
         pod, cid, _ = _run_cri_pod(rt, containerd, "fault-vmm-cri")
         leftovers = PodLeaks(containerd, pod, "k8s.io", [pod, cid], _pod_netns(containerd, pod))
         try:
-            vmms = vmm_pids(leftovers.state_dir, pod)
+            vmms = vmm_pids(leftovers.run_dir)
             assert len(vmms) == 1, vmms
             os.kill(vmms[0], signal.SIGKILL)
             _wait_until(lambda: rt.ContainerStatus(cri.ContainerStatusRequest(
@@ -242,7 +242,7 @@ def test_shim_killed_containerd_cleanup_leaves_nothing(containerd, vm_ready):
         netns = _pod_netns(containerd, pod)
         leftovers = PodLeaks(containerd, pod, "k8s.io", [pod, cid], netns)
         try:
-            assert vmm_pids(leftovers.state_dir, pod), "the pod VM is not running"
+            assert vmm_pids(leftovers.run_dir), "the pod VM is not running"
             assert DEFAULT_TAP_NAME in netns_links(netns), "the pod has no tap: nothing to test"
             shims = shim_pids(containerd.address, pod)
             assert len(shims) == 1, shims

@@ -116,10 +116,11 @@ def test_tty_mode(config_file: Path, busybox_rootfs: Path) -> None:
     assert "done" in text
 
 
-def test_missing_guest_image_is_a_clear_error(busybox_rootfs: Path, tmp_path: Path) -> None:
+def test_missing_guest_image_is_a_clear_error(busybox_rootfs: Path, tmp_path: Path,
+                                              vm_state_dir: Path) -> None:
     cfg = tmp_path / "graft.toml"
     cfg.write_text(f'[guest]\nimage_dir = "{tmp_path / "nowhere"}"\n'
-                   f'[runtime]\nstate_dir = "{tmp_path / "state"}"\n')
+                   f'[runtime]\nstate_dir = "{vm_state_dir / "no-image"}"\n')
     env = {k: v for k, v in os.environ.items() if k != "GRAFT_GUEST_DIR"}  # it beats the file
     res = graft(cfg, "debug", "run", str(busybox_rootfs), "--", "true", env=env)
     assert res.returncode == 125
@@ -180,11 +181,12 @@ def test_killed_owner_takes_qemu_with_it(config_file: Path, busybox_rootfs: Path
     assert qemu_children_of_nobody(graft_config.state_dir) == []
     # What a dead owner leaves (mounts, run dir) is removed by the cleanup the
     # shim's `delete` also uses.
-    from shim.sandbox.sandbox import cleanup_sandbox_leftovers, list_sandboxes
+    from shim.sandbox.state import cleanup_leftovers, list_sandboxes
     left = list_sandboxes(graft_config)
     assert left, "the killed owner's sandbox dir should still be there to clean"
-    for sandbox_id in left:
-        cleanup_sandbox_leftovers(graft_config, sandbox_id)
+    for entry in left:
+        assert entry.ref is not None
+        cleanup_leftovers(graft_config, entry.ref)
     assert_nothing_left(graft_config.state_dir)
 
 

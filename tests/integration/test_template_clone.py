@@ -26,9 +26,10 @@ from shim.factory.boot import make_hypervisor
 from shim.factory.template import find_usable_template
 from shim.hypervisor.base import FileBackedMemoryConfig, HypervisorError, VmPaths
 from shim.oci import default_spec
-from shim.sandbox.resources import PodResources
-from shim.sandbox.sandbox import Sandbox, read_boot_path
-from shim.sandbox.vm_config import hypervisor_config
+from shim.vmconfig.pod_resources import PodResources
+from shim.sandbox.sandbox import Sandbox
+from shim.sandbox.state import list_sandboxes, read_boot_path
+from shim.vmconfig.hypervisor_config import hypervisor_config
 from shim.ttrpc import Client
 
 from template_support import factory_config  # same directory (pytest puts it on sys.path)
@@ -258,7 +259,8 @@ async def test_template_memory_is_unchanged_after_clones(config: GraftConfig,
     # their private copies, none to the file.
     assert sha256_file(tpl.memory_file) == digest_after_build
     assert find_usable_template(config).directory == tpl.directory
-    assert not any(name.startswith("tpl-") for name in os.listdir(config.state_dir / "sandboxes"))
+    left = [e.ref.id for e in list_sandboxes(config) if e.ref is not None]
+    assert not any(name.startswith("tpl-") for name in left)
 
 
 async def test_rebuild_and_destroy_under_a_running_clone(config: GraftConfig, template,

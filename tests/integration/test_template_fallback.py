@@ -18,7 +18,8 @@ from shim.factory import tmpfs
 from shim.factory.build import destroy_template, init_template
 from shim.factory.cli import run_factory
 from shim.factory.digests import sha256_file
-from shim.sandbox.sandbox import Sandbox, read_boot_path
+from shim.sandbox.sandbox import Sandbox
+from shim.sandbox.state import read_boot_path
 
 from template_support import factory_config  # same directory (pytest puts it on sys.path)
 

@@ -10,6 +10,8 @@ from shim.cli.status import run_metrics, run_status
 from shim.config import parse_config
 from shim.sandbox import boot_metrics
 
+from fake_sandboxes import fake_sandbox
+
 RESTORED = {"restored": True, "reason": "template /run/t/tpl-1", "boot_seconds": 0.25,
             "created_at": 1764320000.5, "vcpus": 2, "memory_mib": 256, "shortfalls": []}
 COLD = {"restored": False, "reason": 'no template at /run/t (run "graft factory init")\nx\\y',
@@ -54,12 +56,9 @@ def _config(tmp_path: Path):
                            "guest": {"image_dir": str(tmp_path / "no-image")},
                            "factory": {"template_path": str(tmp_path / "tpl"),
                                        "enable_template": True}})
-    for name, record in (("pod-a", RESTORED), ("pod-b", COLD)):
-        d = tmp_path / "sandboxes" / name
-        d.mkdir(parents=True)
-        (d / "boot_path.json").write_text(json.dumps(record))
-    (tmp_path / "sandboxes" / "pod-a" / "vmm.pid").write_text(str(os.getpid()))
-    (tmp_path / "sandboxes" / "pod-c").mkdir()  # starting: no record yet
+    fake_sandbox(config, "pod-a", RESTORED, vmm_pid=os.getpid())
+    fake_sandbox(config, "pod-b", COLD)
+    fake_sandbox(config, "pod-c")  # starting: no record yet
     return config
 
 

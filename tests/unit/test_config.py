@@ -83,7 +83,7 @@ def test_with_values_validates() -> None:
 def test_memory_hot_add_reaches_the_hypervisor_config(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch, hypervisor: dict,
         expected: tuple[int, int]) -> None:
-    from shim.sandbox.vm_config import hypervisor_config
+    from shim.vmconfig.hypervisor_config import hypervisor_config
 
     monkeypatch.delenv("GRAFT_GUEST_DIR", raising=False)
     for name in ("vmlinux", "initrd.img"):

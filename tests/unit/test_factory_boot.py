@@ -31,7 +31,7 @@ def paths(tmp_path: Path) -> VmPaths:
 def cold_boots(monkeypatch: pytest.MonkeyPatch) -> list[str]:
     reasons: list[str] = []
 
-    async def fake_cold_boot(config, vm_id, paths, netns, reason):
+    async def fake_cold_boot(config, vm_id, paths, netns, reason, timeline=None):
         reasons.append(reason)
         return BootedVm(hypervisor=None, agent=None, boot_path=BootPath(False, reason),
                         seconds=1.0)

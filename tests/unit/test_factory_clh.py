@@ -21,7 +21,7 @@ from shim.factory.build import destroy_template, init_template
 from shim.factory.template import find_usable_template
 from shim.hypervisor.base import FileBackedMemoryConfig, VmPaths
 from shim.hypervisor.clh import CloudHypervisor
-from shim.sandbox.vm_config import hypervisor_config
+from shim.vmconfig.hypervisor_config import hypervisor_config
 
 FAKE = Path(__file__).with_name("clh_fake.py")
 MIB = 1 << 20

@@ -9,7 +9,7 @@ import pytest
 from graft_agent.api import agent_pb2 as pb
 from shim.factory.sizing import fit_to_request, memory_to_add, target_vcpus
 from shim.hypervisor.base import HypervisorConfig, HypervisorError
-from shim.sandbox.resources import PodResources
+from shim.vmconfig.pod_resources import PodResources
 
 MIB = 1 << 20
 

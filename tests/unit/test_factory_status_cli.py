@@ -3,7 +3,6 @@ the template's state."""
 from __future__ import annotations
 
 import io
-import json
 import os
 import time
 from pathlib import Path
@@ -11,22 +10,20 @@ from pathlib import Path
 from shim.cli.status import run_status
 from shim.config import parse_config
 
+from fake_sandboxes import fake_sandbox
+
 
 def test_lists_boot_paths_and_template_state(tmp_path: Path) -> None:
     config = parse_config({"runtime": {"state_dir": str(tmp_path)},
                            "guest": {"image_dir": str(tmp_path / "no-image")},
                            "factory": {"template_path": str(tmp_path / "tpl")}})
-    sandboxes = tmp_path / "sandboxes"
-    restored, cold, starting = sandboxes / "pod-a", sandboxes / "pod-b", sandboxes / "pod-c"
-    for d in (restored, cold, starting):
-        d.mkdir(parents=True)
-    (restored / "boot_path.json").write_text(json.dumps({
+    fake_sandbox(config, "pod-a", {
         "restored": True, "reason": "template /run/graft/template/tpl-1",
-        "boot_seconds": 0.14, "created_at": time.time() - 5}))
-    (restored / "vmm.pid").write_text(str(os.getpid()))
-    (cold / "boot_path.json").write_text(json.dumps({
+        "boot_seconds": 0.14, "created_at": time.time() - 5}, vmm_pid=os.getpid())
+    fake_sandbox(config, "pod-b", {
         "restored": False, "reason": "config mismatch: memory_mib (template 256, now 512)",
-        "boot_seconds": 3.1, "created_at": time.time()}))
+        "boot_seconds": 3.1, "created_at": time.time()})
+    fake_sandbox(config, "pod-c")
     out = io.StringIO()
     assert run_status(config, out) == 0
     text = out.getvalue()

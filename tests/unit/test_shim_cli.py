@@ -13,7 +13,7 @@ import pytest
 from google.protobuf import any_pb2
 
 from shim.api.containerd import runtimeoptions_pb2, shim_pb2
-from shim.shim_manager.args import Action, ArgsError, parse_args
+from shim.shim_manager.args import Action, ArgsError, parse_args, to_argv
 from shim.shim_manager.runtime_options import config_path_from_options, resolve_config_path
 from shim.shim_manager.socket_address import socket_path
 from shim.task.bundle import ContainerKind, bundle_info
@@ -25,27 +25,40 @@ def test_parse_start_and_delete(tmp_path):
     args = parse_args(["-namespace", "k8s.io", "-address", "/run/c.sock", "-publish-binary",
                        "/usr/bin/containerd", "-id", "abc", "-debug", "start"], cwd=tmp_path)
     assert (args.action, args.namespace, args.id, args.bundle, args.debug) == (
-        Action.START, "k8s.io", "abc", tmp_path.resolve(), True)
+        Action.START, "k8s.io", "abc", str(tmp_path.resolve()), True)
     args = parse_args(["-namespace", "n", "-id", "x", "-bundle", str(tmp_path), "delete"])
     assert args.action is Action.DELETE and not args.debug
     assert parse_args(["-v"]).action is Action.VERSION
+    assert parse_args(["--version"]).action is Action.VERSION
     assert parse_args(["-namespace", "n", "-id", "x", "-debug=false"]).action is Action.SERVE
+    go_style = parse_args(["--namespace=n", "-id=x", "-debug=true", "-socket", "s", "delete"])
+    assert (go_style.namespace, go_style.id, go_style.debug) == ("n", "x", True)
+    assert parse_args(to_argv(args), cwd="/").bundle == args.bundle  # the daemon's title
 
 
 @pytest.mark.parametrize("argv", [["-id", "x", "start"], ["-namespace", "n", "start"],
-                                  ["-namespace", "n", "-id", "x", "bogus"], ["-nope"]])
+                                  ["-namespace", "n", "-id", "x", "bogus"], ["-nope"],
+                                  ["-namespace", "n", "-id"], ["-namespace", "n", "-id", "x",
+                                                               "-debug=maybe", "start"],
+                                  ["-namespace", "n", "-id", "x", "start", "extra"]])
 def test_bad_argv_is_a_clear_error(argv):
     with pytest.raises(ArgsError):
         parse_args(argv)
 
 
 def test_runtime_options_config_path():
-    opts = runtimeoptions_pb2.Options(config_path="/etc/graft/x.toml")
+    opts = runtimeoptions_pb2.Options(type_url="x" * 300, config_path="/etc/graft/x.toml")
     data = any_pb2.Any(type_url="runtimeoptions.v1.Options",
                        value=opts.SerializeToString()).SerializeToString()
     assert config_path_from_options(data) == "/etc/graft/x.toml"
+    prefixed = any_pb2.Any()
+    prefixed.Pack(opts)  # type.googleapis.com/runtimeoptions.v1.Options
+    assert config_path_from_options(prefixed.SerializeToString()) == "/etc/graft/x.toml"
+    other = any_pb2.Any(type_url="containerd.runtime.v2.BootstrapParams", value=b"\n\x02id")
+    assert config_path_from_options(other.SerializeToString()) == ""
     assert config_path_from_options(b"") == ""
     assert config_path_from_options(b"\xff\xff garbage") == ""
+    assert config_path_from_options(data[:-3]) == ""  # truncated
     assert resolve_config_path(b"", {"GRAFT_CONFIG": "/env.toml"}) == "/env.toml"
     assert resolve_config_path(data, {"GRAFT_CONFIG": "/env.toml"}) == "/etc/graft/x.toml"
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 
 from shim.errors import InvalidArgument
-from shim.sandbox.resources import (CRI_CPU_PERIOD, CRI_CPU_QUOTA, CRI_MEMORY, PodResources,
+from shim.vmconfig.pod_resources import (CRI_CPU_PERIOD, CRI_CPU_QUOTA, CRI_MEMORY, PodResources,
                                     requested_resources)
 
 

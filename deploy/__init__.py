@@ -1,0 +1,1 @@
+"""Kubernetes deployment of graft: manifests, the node installer, the pod overhead."""

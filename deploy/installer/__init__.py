@@ -1,0 +1,1 @@
+"""graft's node installer (the DaemonSet's program): see deploy/README.md."""
