@@ -196,6 +196,17 @@ def test_cri_pod_with_two_containers_shares_one_vm(runtime, containerd):
     assert not _vmm_pids_of(pod), "the pod's VM is left"
 
 
+def _guest_console(pod: str) -> str:
+    """The pod VM's console (the guest agent logs there), found by the sandbox's owner record."""
+    from shim.sandbox.state import SANDBOXES_DIR, read_owner
+
+    for directory in (Path("/run/graft") / SANDBOXES_DIR).iterdir():
+        owner = read_owner(directory)
+        if owner is not None and owner.id == pod:
+            return (directory / "console.log").read_text(errors="replace")
+    raise AssertionError(f"no state directory for pod {pod}")
+
+
 # kubelet's defaults for a non-privileged container (securitycontext package)
 KUBELET_MASKED = ["/proc/acpi", "/proc/asound", "/proc/kcore", "/proc/keys", "/proc/latency_stats",
                   "/proc/timer_list", "/proc/timer_stats", "/proc/sched_debug", "/proc/scsi",
@@ -236,8 +247,7 @@ def test_cri_pod_runs_on_the_native_guest_runtime(runtime):
         for line in ("Uid:\t1000\t1000\t1000\t1000", "Seccomp:\t2", "NoNewPrivs:\t1",
                      "CapEff:\t0000000000000000", "67108864", "\n0\n", "proc/sys: ro,"):
             assert line in out, out
-        console = Path("/run/graft/sandboxes") / pod / "console.log"
-        assert f"created container {cid} (native, pid" in console.read_text(errors="replace")
+        assert f"created container {cid} (native, pid" in _guest_console(pod)
     finally:
         rt.StopPodSandbox(cri.StopPodSandboxRequest(pod_sandbox_id=pod), timeout=120)
         rt.RemovePodSandbox(cri.RemovePodSandboxRequest(pod_sandbox_id=pod), timeout=120)
