@@ -14,6 +14,7 @@ from .errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
 from .fsutil import remove_tree
 from .oci_runtime import OciRuntime
 from .oom import OomMonitor
+from .pod import PodNamespaces
 from .process import Process
 from .reaper import ChildReaper, ExitInfo
 from .runtime import SUPPORTED_RUNTIMES, ContainerRuntime, Launched, ProcessIO, Stdio
@@ -61,6 +62,7 @@ class ContainerManager:
         self._reaper = reaper
         self._oom = oom
         self._runtimes: dict[str, ContainerRuntime] = {}
+        self._pod = PodNamespaces(run_dir, reaper)
         self._containers: dict[str, Container] = {}
         self._reserved: set[str] = set()
 
@@ -107,6 +109,7 @@ class ContainerManager:
         runtime = self.runtime(runtime_name)
         spec = bundle.container_spec(spec_json, rootfs_path,
                                      f"{self._cgroup_parent}/{container_id}")
+        self._pod.ensure(self._pod.adapt(spec))
         self._reserved.add(container_id)
         bundle_dir = os.path.join(self._bundles_dir, container_id)
         container = Container(container_id, runtime, bundle_dir)
@@ -247,11 +250,13 @@ class ContainerManager:
         log.info("removed container %s", container_id)
 
     async def remove_all(self) -> None:
+        """Every container, then the pod's shared namespaces and /dev/shm."""
         for container_id in list(self._containers):
             try:
                 await self.remove(container_id, force=True)
             except Exception as exc:  # keep going: free as much as possible
                 log.error("removing container %s failed: %s", container_id, exc)
+        await self._pod.destroy()
 
     async def _delete_runtime_state(self, container: Container, force: bool) -> None:
         try:

@@ -10,7 +10,6 @@ into the init's pid namespace and cgroup, setns into its other namespaces, exec.
 from __future__ import annotations
 
 import asyncio
-import gc
 import logging
 import os
 import signal
@@ -24,6 +23,7 @@ from ..spawn import DEVNULL, wait_readable
 from . import child, linux as L
 from .capabilities import last_cap
 from .cgroups import NativeCgroup
+from .fork import PidNamespaceSwitch, clone_child, handled_signals
 from .process_spec import plan_process
 from .resources import plan_resources
 from .seccomp_filter import SeccompCompiler, SeccompProgram
@@ -32,7 +32,6 @@ from .spec import NAMESPACE_FLAGS, ContainerPlan, plan_container
 log = logging.getLogger(__name__)
 
 _SETUP_TIMEOUT_S = 60.0
-_ALL_SIGNALS = signal.valid_signals() - {signal.SIGKILL, signal.SIGSTOP}
 
 
 class _Container:
@@ -62,7 +61,7 @@ class NativeRuntime:
         self._containers: dict[str, _Container] = {}
         self._seccomp = SeccompCompiler()
         self._last_cap = last_cap()
-        self._own_pidns = os.open("/proc/self/ns/pid", os.O_RDONLY | os.O_CLOEXEC)
+        self._pidns = PidNamespaceSwitch()
 
     def _get(self, container_id: str) -> _Container:
         try:
@@ -183,34 +182,15 @@ class NativeRuntime:
             stdio = (fds[0], fds[1], fds[2])
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         ours.setblocking(False)
-        return child.ChildSetup(theirs, stdio, seccomp, self._last_cap, _handled_signals()), ours, owned
+        return child.ChildSetup(theirs, stdio, seccomp, self._last_cap, handled_signals()), ours, owned
 
     def _clone(self, body: Callable, setup, flags: int, cgroup_fd: int, pidns_fd: int,
                common: child.ChildSetup, owned: list[int]) -> tuple[int, asyncio.Future]:
-        """Clone the child (which runs `body(setup)` and never returns here). Signals are
-        blocked across the clone so none is handled by the agent's handlers in the child, and
-        the garbage collector is off so no finalizer of the agent's objects runs there."""
-        old_mask = signal.pthread_sigmask(signal.SIG_BLOCK, _ALL_SIGNALS)
-        gc_enabled = gc.isenabled()
-        gc.disable()
+        """Clone the child, which runs `body(setup)` and never returns here."""
         try:
-            if pidns_fd >= 0:   # pid_for_children: the child is born in that pid namespace
-                L.setns(pidns_fd, L.CLONE_NEWPID)
-            try:
-                pid = L.clone3(flags, cgroup_fd)
-            except BaseException:
-                if pidns_fd >= 0:
-                    L.setns(self._own_pidns, L.CLONE_NEWPID)
-                raise
-            if pid == 0:
-                child.run(body, setup)   # never returns
-            if pidns_fd >= 0:
-                L.setns(self._own_pidns, L.CLONE_NEWPID)
+            pid = clone_child(lambda: child.run(body, setup), flags, cgroup_fd, pidns_fd, self._pidns)
             exit_future = self._reaper.watch_spawned(pid)
         finally:
-            if gc_enabled:
-                gc.enable()
-            signal.pthread_sigmask(signal.SIG_SETMASK, old_mask)
             common.control.close()   # the child's end, in the child only from now on
             _close_all(owned)
         return pid, exit_future
@@ -276,12 +256,6 @@ async def _receive(sock: socket.socket) -> tuple[bytes, list[int]]:
             await wait_readable(sock.fileno())
         except ConnectionResetError:
             return b"", []
-
-
-def _handled_signals() -> list[int]:
-    """Signals whose disposition is not the default here (computed in the agent, not in the
-    child, where every object touched costs a copy-on-write fault)."""
-    return [sig for sig in _ALL_SIGNALS if signal.getsignal(sig) not in (None, signal.SIG_DFL)]
 
 
 def _close_all(fds: list[int]) -> None:

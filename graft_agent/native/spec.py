@@ -83,8 +83,8 @@ def plan_container(spec: dict) -> ContainerPlan:
     for name, value in (("hostname", hostname), ("domainname", domainname)):
         if not isinstance(value, str) or len(value.encode()) > 64:
             raise InvalidArgument(f"{name} must be a string of at most 64 bytes")
-        if value and "uts" not in namespaces.types:
-            raise InvalidArgument(f"{name} needs a UTS namespace in linux.namespaces")
+        if value and not namespaces.clone_flags & L.CLONE_NEWUTS:   # (crun's rule too)
+            raise InvalidArgument(f"{name} needs a new UTS namespace in linux.namespaces")
     seccomp = linux.get("seccomp")
     if seccomp is not None:
         parse_profile(seccomp)   # validated now; compiled (and cached) by the runtime

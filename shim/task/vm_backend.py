@@ -30,7 +30,7 @@ from shim.ttrpc import Code, TtrpcError
 from .backend import ContainerConfig
 from .bundle import ContainerKind, hostname, network_namespace
 from .errors import FailedPrecondition, NotFound, Unavailable
-from .guest_spec import HostBind, guest_spec
+from .guest_spec import HostBind, check_sandbox_namespaces, guest_spec
 from .metrics import metrics_from_agent, vm_metrics
 from .process import ExitInfo
 from .stdio import StdioSpec
@@ -156,6 +156,7 @@ class VmBackend:
         if config.kind in (ContainerKind.POD_VM, ContainerKind.SINGLE):
             if self._sandbox is not None:
                 raise FailedPrecondition(f"this shim already runs pod {self._sandbox_id}")
+            check_sandbox_namespaces(config.spec)
             await self._launch(config)
         elif self._sandbox is None or config.sandbox_id != self._sandbox_id:
             raise NotFound(f"sandbox {config.sandbox_id} of container {config.id} "

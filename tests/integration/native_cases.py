@@ -15,6 +15,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
+from graft_agent.pod_paths import POD_NAMESPACES, POD_SHM
+
 PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 DEFAULT_CAPS = ["CAP_CHOWN", "CAP_DAC_OVERRIDE", "CAP_FSETID", "CAP_FOWNER", "CAP_MKNOD",
                 "CAP_NET_RAW", "CAP_SETGID", "CAP_SETUID", "CAP_SETFCAP", "CAP_SETPCAP",
@@ -243,6 +245,18 @@ def cases(rootfs_guest: str) -> list[Case]:
                                                    _set("linux.personality", {"domain": "LINUX32"})),
              probe_extra="cat /proc/net/dev | wc -l", expect=["i686"]),
         Case("rootfs-propagation-slave", _set("linux.rootfsPropagation", "rslave")),
+        Case("pod-namespaces", _all(
+            _set("linux.namespaces", [{"type": "pid"},   # (a shared one: pids differ per run)
+                                      {"type": "ipc", "path": f"{POD_NAMESPACES}/ipc"},
+                                      {"type": "uts", "path": f"{POD_NAMESPACES}/uts"},
+                                      {"type": "mount"}]),
+            lambda spec: spec.pop("hostname"),
+            lambda spec: spec["mounts"].__setitem__(-1, {"destination": "/dev/shm", "type": "bind",
+                                                         "source": POD_SHM,
+                                                         "options": ["rbind", "rprivate", "rw", "nosuid",
+                                                                     "nodev", "noexec"]})),
+             probe_extra="for n in ipc uts; do readlink /proc/self/ns/$n; done",
+             expect=["/dev/shm rw,nosuid,nodev,noexec,relatime - tmpfs shm"]),
         Case("exec-root", _set("process.args", ["sleep", "1000"]), exec_process=_exec_as(args=["sh", "-c", PROBE]),
              expect=["Uid:\t0", "sleep 1000"]),
         Case("exec-user-env-caps-rlimits", _all(_set("process.args", ["sleep", "1000"]),

@@ -12,7 +12,9 @@ def bundle(tmp_path: Path) -> Path:
     """A minimal OCI bundle as containerd lays it out (rootfs + config.json)."""
     b = tmp_path / "bundle"
     (b / "rootfs").mkdir(parents=True)
-    (b / "config.json").write_text(json.dumps({"ociVersion": "1.0.2", "process": {"args": ["sh"]}}))
+    (b / "config.json").write_text(json.dumps({
+        "ociVersion": "1.0.2", "process": {"args": ["sh"]},
+        "linux": {"namespaces": [{"type": t} for t in ("pid", "ipc", "uts", "mount", "network")]}}))
     return b
 
 

@@ -84,7 +84,7 @@ def test_namespace_paths_are_joined_and_cgroup_is_unshared_later() -> None:
     (lambda s: s["process"].update(capabilities={"ambient": ["CAP_KILL"], "permitted": ["CAP_KILL"]}),
      "CAP_KILL must also be in permitted and inheritable"),
     (lambda s: s["process"].update(oomScoreAdj=5000), "process.oomScoreAdj"),
-    (lambda s: s["linux"]["namespaces"].pop(2), "hostname needs a UTS namespace"),
+    (lambda s: s["linux"]["namespaces"].pop(2), "hostname needs a new UTS namespace"),
     (lambda s: s["linux"].update(sysctl={"net.ipv4.ip_forward": "1"}), "needs a network namespace"),
     (lambda s: s["linux"].update(sysctl={"vm.swappiness": "1"}), "the sysctl is not namespaced"),
     (lambda s: s["linux"].update(sysctl={"kernel.hostname": "x"}), "conflicts with the hostname"),
