@@ -186,6 +186,10 @@ class SeccompCompiler:
 
     def __init__(self) -> None:
         self._cache: dict[str, SeccompProgram] = {}
+        try:   # imported now (agent warm-up, so also in a template), not by the first profile
+            _libseccomp()
+        except FailedPrecondition:
+            pass
 
     def program(self, doc: dict) -> SeccompProgram:
         key = json.dumps(doc, sort_keys=True)
