@@ -5,6 +5,7 @@ import json
 from pathlib import Path
 
 import pytest
+import pytest_asyncio
 
 
 @pytest.fixture
@@ -38,3 +39,20 @@ def agent_process(tmp_path_factory: pytest.TempPathFactory, agent_runtime: str):
     leftovers = agent.leftovers()
     assert rc == 0, agent.log()
     assert not leftovers, f"{leftovers}\n{agent.log()}"
+
+
+@pytest.fixture(scope="module", params=["crun", "native"])
+def each_runtime(request) -> str:
+    """Every guest runtime in turn (a module opts in by overriding agent_runtime with it:
+    one agent_process per runtime)."""
+    return request.param
+
+
+@pytest_asyncio.fixture
+async def agent(agent_process):
+    """A ttrpc client of the module's agent_process."""
+    from agent_harness import AgentClient
+
+    client = await AgentClient.connect(agent_process)
+    yield client
+    await client.close()

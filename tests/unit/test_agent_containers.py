@@ -8,7 +8,6 @@ import shutil
 import signal
 
 import pytest
-import pytest_asyncio
 
 from agent_harness import AgentClient, AgentProcess, process_alive, unique
 from graft_agent.api import agent_pb2 as pb
@@ -21,16 +20,9 @@ pytestmark = [
 ]
 
 
-@pytest.fixture(scope="module", params=["crun", "native"])
-def agent_runtime(request) -> str:
-    return request.param
-
-
-@pytest_asyncio.fixture
-async def agent(agent_process):
-    client = await AgentClient.connect(agent_process)
-    yield client
-    await client.close()
+@pytest.fixture(scope="module")
+def agent_runtime(each_runtime: str) -> str:
+    return each_runtime
 
 
 async def test_echo_hello(agent, busybox_rootfs):

@@ -9,7 +9,6 @@ import shutil
 from pathlib import Path
 
 import pytest
-import pytest_asyncio
 
 from agent_harness import AgentClient, AgentProcess, process_alive, spec, unique
 from graft_agent.api import agent_pb2 as pb
@@ -22,16 +21,9 @@ pytestmark = [
 ]
 
 
-@pytest.fixture(scope="module", params=["crun", "native"])
-def agent_runtime(request) -> str:
-    return request.param
-
-
-@pytest_asyncio.fixture
-async def agent(agent_process):
-    client = await AgentClient.connect(agent_process)
-    yield client
-    await client.close()
+@pytest.fixture(scope="module")
+def agent_runtime(each_runtime: str) -> str:
+    return each_runtime
 
 
 def pod_spec(args: list[str], share_pid: bool) -> bytes:
