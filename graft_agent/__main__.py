@@ -78,10 +78,16 @@ def main(argv: list[str] | None = None) -> int:
 
 def _serve(config: config_mod.Config) -> int:
     import asyncio
+    import signal
 
     from . import pid1
     from .agent import serve
 
+    if os.getpid() == 1:
+        # PID 1 receives only the signals it handles, and asyncio.run would handle SIGINT
+        # (cancelling the server): a `kill -INT 1` from a container sharing our PID namespace
+        # (hostPID) would power the VM off. asyncio.run leaves an ignored SIGINT alone.
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
     try:
         asyncio.run(serve(config, no_pivot=pid1.root_is_initramfs()))
     except KeyboardInterrupt:

@@ -25,7 +25,7 @@ class Agent:
         self.started_at = time.monotonic()
         self.oom = OomMonitor()
         self.sandbox = Sandbox(config.resolv_conf_path)
-        self.network = Network(spawner)
+        self.network = Network()
         self.containers = ContainerManager(config.run_dir, config.cgroup_parent,
                                            config.default_runtime, no_pivot, spawner, reaper,
                                            self.oom)
@@ -58,6 +58,7 @@ class Agent:
         if self._warmup is not None and not self._warmup.done():
             self._warmup.cancel()
         await self.containers.remove_all()
+        self.network.close()
         try:
             self.sandbox.destroy()
         except Exception as exc:
@@ -84,13 +85,15 @@ async def serve(config: Config, no_pivot: bool) -> None:
     reaper.start()
     spawner = Spawner(reaper)
     agent = Agent(config, reaper, spawner, no_pivot)
-    server = Server()
+    server = Server(max_in_flight=4096)  # every process of the pod keeps ~3 long polls open
     server.register_service(agent_pb2.DESCRIPTOR.services_by_name["AgentService"],
                             AgentService(agent))
     stop = asyncio.Event()
     try:
         if config.listen_path is not None:
-            for sig in (signal.SIGTERM, signal.SIGINT):
+            # As PID 1 only SIGTERM (its owner's): SIGINT may come from a container.
+            stop_signals = (signal.SIGTERM,) if os.getpid() == 1 else (signal.SIGTERM, signal.SIGINT)
+            for sig in stop_signals:
                 loop.add_signal_handler(sig, stop.set)
             _remove_stale_socket(config.listen_path)
             await server.serve_unix(config.listen_path)

@@ -187,15 +187,28 @@ class ContainerManager:
         log.info("exec %s in container %s: pid %d", exec_id, container_id, process.pid)
         return process.pid
 
+    def delete_exec(self, container_id: str, exec_id: str) -> None:
+        """The host is done with an exited exec: free its fds (pty, pipes) and buffers."""
+        container = self.get(container_id)
+        if not exec_id:
+            raise InvalidArgument("the init process goes with RemoveContainer, not DeleteProcess")
+        process = container.process(exec_id)
+        if not process.exited:
+            raise FailedPrecondition(f"exec {exec_id} in container {container_id} is still running")
+        del container.execs[exec_id]
+        process.release()
+
     async def wait(self, container_id: str, exec_id: str) -> ExitInfo:
         return await self.process(container_id, exec_id).wait()
 
     def signal(self, container_id: str, exec_id: str, sig: int, all_processes: bool) -> None:
         container = self.get(container_id)
         process = container.process(exec_id)
-        if not 0 < sig < signal.NSIG:
+        if not 0 <= sig < signal.NSIG:  # 0: only whether it is there (as kill(2))
             raise InvalidArgument(f"invalid signal number {sig}")
-        if all_processes and container.cgroup is not None and container.cgroup.exists():
+        # `all` means the whole container only for its init: an exec's signal is the exec's
+        # alone (as runc's shim does), or a probe's kill would take the container down.
+        if all_processes and not exec_id and container.cgroup is not None and container.cgroup.exists():
             container.cgroup.signal_all(sig)
             return
         process.signal(sig)

@@ -103,32 +103,53 @@ class OutputStream:
 
 
 class InputStream:
+    """A process's stdin. A write returns as soon as the reader took *some* bytes (the host
+    sends the rest next), so a slow reader neither times the host out nor makes it guess how
+    much went in; closing never waits behind a write stuck on a reader that does not read."""
+
     def __init__(self, fd: int, is_tty: bool) -> None:
         """`fd` (a pipe's write end or a dup of the pty master) is owned by the stream."""
         self._fd: int | None = fd
         self._is_tty = is_tty
-        self._lock = asyncio.Lock()
+        self._lock = asyncio.Lock()  # one writer at a time: chunks never interleave
+        self._closing = asyncio.Event()
+        self._discarded = False
         os.set_blocking(fd, False)
 
     async def write(self, data: bytes) -> int:
-        async with self._lock:  # concurrent writers must not interleave partial writes
-            view = memoryview(data)
-            while view:
-                if self._fd is None:
-                    raise FailedPrecondition("stdin is closed")
-                try:
-                    sent = os.write(self._fd, view)
-                except BlockingIOError:
-                    await wait_writable(self._fd)
-                    continue
-                except (BrokenPipeError, OSError) as exc:
-                    if isinstance(exc, BrokenPipeError) or exc.errno in (errno.EIO, errno.EPIPE):
-                        raise FailedPrecondition("stdin is closed: the process is gone") from None
-                    raise
-                view = view[sent:]
-            return len(data)
+        """Write a prefix of `data` (at least one byte unless `data` is empty); its length."""
+        if not data:
+            return 0
+        async with self._lock:
+            try:
+                while True:
+                    if self._fd is None or self._closing.is_set():
+                        raise FailedPrecondition("stdin is closed")
+                    try:
+                        return os.write(self._fd, data)
+                    except BlockingIOError:
+                        await self._writable_or_closing()
+                    except OSError as exc:
+                        if isinstance(exc, BrokenPipeError) or exc.errno in (errno.EIO, errno.EPIPE):
+                            raise FailedPrecondition("stdin is closed: the process is gone") from None
+                        raise
+            finally:
+                if self._discarded:
+                    self._close_fd()  # discard() during the wait left the fd to us
+
+    async def _writable_or_closing(self) -> None:
+        assert self._fd is not None
+        waits = {asyncio.ensure_future(wait_writable(self._fd)),
+                 asyncio.ensure_future(self._closing.wait())}
+        try:
+            await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for wait in waits:
+                wait.cancel()
+            await asyncio.gather(*waits, return_exceptions=True)
 
     async def close(self) -> None:
+        self._closing.set()  # wakes a stuck writer, which gives up the lock
         async with self._lock:
             if self._fd is None:
                 return
@@ -139,9 +160,15 @@ class InputStream:
                     os.write(self._fd, b"\x04")
                 except OSError:
                     pass
-            self.discard()
+            self._close_fd()
 
     def discard(self) -> None:
+        self._closing.set()
+        self._discarded = True
+        if not self._lock.locked():  # else the writer closes it once out of its wait
+            self._close_fd()
+
+    def _close_fd(self) -> None:
         if self._fd is not None:
             os.close(self._fd)
             self._fd = None

@@ -81,6 +81,11 @@ class AgentService:
         return pb.ExecProcessResponse(pid=pid)
 
     @_edge
+    async def DeleteProcess(self, req: pb.ProcessRequest) -> _EMPTY:
+        self._containers.delete_exec(req.container_id, req.exec_id)
+        return _EMPTY()
+
+    @_edge
     async def WaitProcess(self, req: pb.ProcessRequest) -> pb.WaitProcessResponse:
         info = await self._containers.wait(req.container_id, req.exec_id)
         return pb.WaitProcessResponse(exit_status=info.status, exited_at_ns=info.exited_at_ns)
@@ -170,7 +175,8 @@ class AgentService:
     async def UpdateInterface(self, req: pb.UpdateInterfaceRequest) -> pb.Interface:
         i = req.interface
         link = await self._agent.network.update_link(
-            Link(i.name, i.hw_addr, i.mtu, [Address(a.address, a.prefix_len) for a in i.addresses]))
+            Link(i.name, i.hw_addr, i.mtu, [Address(a.address, a.prefix_len) for a in i.addresses]),
+            match_hw_addr=req.match_hw_addr)
         return _interface(link)
 
     @_edge

@@ -41,7 +41,8 @@ if ! "$PYTHON" -c "import cri_api" 2>/dev/null; then
     "$PYTHON" -m pip install -q --disable-pip-version-check --no-deps container-runtime-interface-api==2.0.1
 fi
 
-step "protos: generating bindings"
+step "protos: containerd 2.x API sources (cached), generating bindings"
+"$PYTHON" hack/containerd/compat.py fetch-api sid >/dev/null
 "$PYTHON" hack/gen_protos.py
 
 # The binary containerd runs for every container: the lean launcher of this checkout.

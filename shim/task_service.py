@@ -4,26 +4,20 @@ Nothing here decides anything: the rules live in shim/task/manager.py.
 """
 from __future__ import annotations
 
-import functools
 import json
-import logging
 import os
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
-from google.protobuf import any_pb2, empty_pb2, timestamp_pb2
+from google.protobuf import any_pb2, empty_pb2
 
 from shim.api.containerd import shim_pb2 as pb, task_types_pb2
-from shim.errors import to_ttrpc_error
+from shim.rpc_edge import rpc_edge, timestamp
 from shim.task.errors import InvalidArgument, Unimplemented
 from shim.task.manager import CreateRequest, ProcessStatus, TaskManager
 from shim.task.process import State
 from shim.task.rootfs import Mount
 from shim.task.stdio import StdioSpec
-from shim.ttrpc import TtrpcError
-
-log = logging.getLogger(__name__)
 
 VERSION = 2  # task API version reported by Connect
 
@@ -34,35 +28,6 @@ _STATUS = {
     State.STOPPED: task_types_pb2.STOPPED,
     State.DELETED: task_types_pb2.STOPPED,
 }
-
-
-def _edge(handler: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[Any]]:
-    """Log the call and turn domain errors into ttrpc statuses."""
-    name = handler.__name__
-
-    @functools.wraps(handler)
-    async def wrapper(self: "TaskService", request: Any) -> Any:
-        log.debug("%s %s", name, _brief(request))
-        try:
-            return await handler(self, request)
-        except TtrpcError:
-            raise
-        except Exception as exc:
-            error = to_ttrpc_error(exc)
-            log.info("%s failed: %s", name, error)
-            raise error from exc
-    return wrapper
-
-
-def _brief(request: Any) -> str:
-    fields = [f"{k}={getattr(request, k)!r}" for k in ("id", "exec_id") if hasattr(request, k)]
-    return " ".join(fields)
-
-
-def _timestamp(ns: int) -> timestamp_pb2.Timestamp:
-    stamp = timestamp_pb2.Timestamp()
-    stamp.FromNanoseconds(ns)
-    return stamp
 
 
 def _json_any(value: any_pb2.Any, type_name: str) -> bytes:
@@ -86,7 +51,7 @@ class TaskService:
         self._manager = manager
         self._on_shutdown = on_shutdown
 
-    @_edge
+    @rpc_edge
     async def Create(self, req: pb.CreateTaskRequest) -> pb.CreateTaskResponse:
         if req.checkpoint or req.parent_checkpoint:
             raise Unimplemented("checkpoint/restore is not supported")
@@ -96,61 +61,61 @@ class TaskService:
             stdio=StdioSpec(req.stdin, req.stdout, req.stderr, req.terminal)))
         return pb.CreateTaskResponse(pid=pid)
 
-    @_edge
+    @rpc_edge
     async def Start(self, req: pb.StartRequest) -> pb.StartResponse:
         return pb.StartResponse(pid=await self._manager.start(req.id, req.exec_id))
 
-    @_edge
+    @rpc_edge
     async def Delete(self, req: pb.DeleteRequest) -> pb.DeleteResponse:
         status = await self._manager.delete(req.id, req.exec_id)
         response = pb.DeleteResponse(pid=status.pid)
         if status.exit is not None:
             response.exit_status = status.exit.status
-            response.exited_at.CopyFrom(_timestamp(status.exit.exited_at_ns))
+            response.exited_at.CopyFrom(timestamp(status.exit.exited_at_ns))
         return response
 
-    @_edge
+    @rpc_edge
     async def Pids(self, req: pb.PidsRequest) -> pb.PidsResponse:
         pids = await self._manager.pids(req.id)
         return pb.PidsResponse(processes=[task_types_pb2.ProcessInfo(pid=p) for p in pids])
 
-    @_edge
+    @rpc_edge
     async def Pause(self, req: pb.PauseRequest) -> empty_pb2.Empty:
         await self._manager.pause(req.id)
         return empty_pb2.Empty()
 
-    @_edge
+    @rpc_edge
     async def Resume(self, req: pb.ResumeRequest) -> empty_pb2.Empty:
         await self._manager.resume(req.id)
         return empty_pb2.Empty()
 
-    @_edge
+    @rpc_edge
     async def Checkpoint(self, req: pb.CheckpointTaskRequest) -> empty_pb2.Empty:
         raise Unimplemented("checkpoint is not supported by graft")
 
-    @_edge
+    @rpc_edge
     async def Kill(self, req: pb.KillRequest) -> empty_pb2.Empty:
         await self._manager.kill(req.id, req.exec_id, req.signal, req.all)
         return empty_pb2.Empty()
 
-    @_edge
+    @rpc_edge
     async def Exec(self, req: pb.ExecProcessRequest) -> empty_pb2.Empty:
         await self._manager.exec(req.id, req.exec_id, _json_any(req.spec, "Process"),
                                  StdioSpec(req.stdin, req.stdout, req.stderr, req.terminal))
         return empty_pb2.Empty()
 
-    @_edge
+    @rpc_edge
     async def ResizePty(self, req: pb.ResizePtyRequest) -> empty_pb2.Empty:
         await self._manager.resize_pty(req.id, req.exec_id, req.width, req.height)
         return empty_pb2.Empty()
 
-    @_edge
+    @rpc_edge
     async def CloseIO(self, req: pb.CloseIORequest) -> empty_pb2.Empty:
         if req.stdin:
             await self._manager.close_io(req.id, req.exec_id)
         return empty_pb2.Empty()
 
-    @_edge
+    @rpc_edge
     async def Update(self, req: pb.UpdateTaskRequest) -> empty_pb2.Empty:
         if not req.HasField("resources"):  # annotations only: nothing graft acts on
             self._manager.state(req.id, "")  # but the task must exist
@@ -158,30 +123,30 @@ class TaskService:
         await self._manager.update(req.id, _json_any(req.resources, "LinuxResources"))
         return empty_pb2.Empty()
 
-    @_edge
+    @rpc_edge
     async def Wait(self, req: pb.WaitRequest) -> pb.WaitResponse:
         info = await self._manager.wait(req.id, req.exec_id)
-        return pb.WaitResponse(exit_status=info.status, exited_at=_timestamp(info.exited_at_ns))
+        return pb.WaitResponse(exit_status=info.status, exited_at=timestamp(info.exited_at_ns))
 
-    @_edge
+    @rpc_edge
     async def Stats(self, req: pb.StatsRequest) -> pb.StatsResponse:
         metrics = await self._manager.stats(req.id)
         # Bare type name, as containerd's typeurl registry writes it.
         return pb.StatsResponse(stats=any_pb2.Any(
             type_url=metrics.DESCRIPTOR.full_name, value=metrics.SerializeToString()))
 
-    @_edge
+    @rpc_edge
     async def Connect(self, req: pb.ConnectRequest) -> pb.ConnectResponse:
         return pb.ConnectResponse(shim_pid=os.getpid(), task_pid=self._manager.task_pid(req.id),
                                   version=str(VERSION))
 
-    @_edge
+    @rpc_edge
     async def Shutdown(self, req: pb.ShutdownRequest) -> empty_pb2.Empty:
         if self._manager.empty.is_set():  # no task, none being created
             self._on_shutdown()
         return empty_pb2.Empty()
 
-    @_edge
+    @rpc_edge
     async def State(self, req: pb.StateRequest) -> pb.StateResponse:
         return _state_response(self._manager.state(req.id, req.exec_id))
 
@@ -193,5 +158,5 @@ def _state_response(s: ProcessStatus) -> pb.StateResponse:
         terminal=s.stdio.terminal, exec_id=s.exec_id)
     if s.exit is not None:
         response.exit_status = s.exit.status
-        response.exited_at.CopyFrom(_timestamp(s.exit.exited_at_ns))
+        response.exited_at.CopyFrom(timestamp(s.exit.exited_at_ns))
     return response

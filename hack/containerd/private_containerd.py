@@ -7,10 +7,13 @@
     private_containerd.py stop DIR    # kill containerd, remove what it created
 
 Runtime handlers: `graft` (io.containerd.graft.v2, our shim via DIR/bin on containerd's PATH,
-options ConfigPath = DIR/graft.toml) and `runc` (default, for comparison). With
-`start(..., fresh=True)` (the node installer's tests) the config is instead what `containerd
-config default` prints for the release in use, changed only so that it runs privately, and
-no graft handler or shim is set up: DIR/bin stays empty (but on containerd's PATH).
+options ConfigPath = DIR/graft.toml) and `runc` (default, for comparison).
+`start(..., sandboxer="shim")` (containerd 2.x only) writes a version 3 configuration whose
+graft handler has `sandboxer = "shim"`: pods are then created through the shim's Sandbox API,
+with no pause container. With `start(..., fresh=True)` (the node installer's tests) the
+config is instead what `containerd config default` prints for the release in use, changed
+only so that it runs privately, and no graft handler or shim is set up: DIR/bin stays empty
+(but on containerd's PATH).
 Images (built locally from busybox-static, no registry needed): graft.local/busybox:latest
 and graft.local/pause:latest (the CRI sandbox image), imported into `default` and `k8s.io`.
 """
@@ -59,6 +62,7 @@ class Layout:
         self.ip_forward = self.base / "ip_forward.orig"
         self.network_file = self.base / "network.json"
         self.containerd_bin_file = self.base / "containerd-bin"
+        self.sandboxer_file = self.base / "sandboxer"
 
     @property
     def containerd_bin(self) -> Path | None:
@@ -67,6 +71,14 @@ class Layout:
             return Path(self.containerd_bin_file.read_text().strip())
         except FileNotFoundError:
             return None
+
+    @property
+    def sandboxer(self) -> str:
+        """The graft handler's sandbox controller ("" = containerd's default, podsandbox)."""
+        try:
+            return self.sandboxer_file.read_text().strip()
+        except FileNotFoundError:
+            return ""
 
     def tool(self, name: str) -> str:
         """containerd or ctr: from containerd_bin if set, else from PATH."""
@@ -101,9 +113,8 @@ def _choose_network(d: Layout) -> PodNetwork:
 
 # -- configuration ---------------------------------------------------------------------------------
 
-def _containerd_config(d: Layout) -> str:
-    cri = 'plugins."io.containerd.grpc.v1.cri"'
-    return f'''version = 2
+def _header(d: Layout, version: int) -> str:
+    return f'''version = {version}
 root = "{d.base}/root"
 state = "{d.base}/state"
 
@@ -116,24 +127,36 @@ state = "{d.base}/state"
 
 [plugins."io.containerd.internal.v1.opt"]
   path = "{d.base}/opt"
+'''
 
-[{cri}]
+
+def _cri_runtime(d: Layout, table: str, sandboxer: str = "", sandbox_image: str = "") -> str:
+    """The CRI runtime keys graft's tests need, under *table* (the CRI plugin's table in a
+    version 2 configuration, the runtime plugin's in version 3)."""
+    runtimes = f"{table}.containerd.runtimes"
+    sandboxer_line = f'\n      sandboxer = "{sandboxer}"' if sandboxer else ""
+    image_line = f'\n  sandbox_image = "{sandbox_image}"' if sandbox_image else ""
+    # containerd 2.1 with a shim sandboxer fails StartContainer when the handler has options
+    # of a type other than runc's ("can't unmarshal type runtimeoptions.v1.Options", fixed
+    # upstream after 2.1): the shim then finds its config through $GRAFT_CONFIG (see launch).
+    options = "" if sandboxer else f'''
+      [{runtimes}.graft.options]
+        ConfigPath = "{d.graft_config}"'''
+    return f'''
+[{table}]{image_line}
   restrict_oom_score_adj = true
-  sandbox_image = "{PAUSE_IMAGE}"
   netns_mounts_under_state_dir = true
-  [{cri}.cni]
+  [{table}.cni]
     bin_dir = "/usr/lib/cni"
     conf_dir = "{d.cni_conf}"
     max_conf_num = 1
-  [{cri}.containerd]
+  [{table}.containerd]
     default_runtime_name = "runc"
-    [{cri}.containerd.runtimes.runc]
+    [{runtimes}.runc]
       runtime_type = "io.containerd.runc.v2"
-    [{cri}.containerd.runtimes.graft]
-      runtime_type = "io.containerd.graft.v2"
-      pod_annotations = ["io.graft.*"]
-      [{cri}.containerd.runtimes.graft.options]
-        ConfigPath = "{d.graft_config}"
+    [{runtimes}.graft]
+      runtime_type = "io.containerd.graft.v2"{sandboxer_line}
+      pod_annotations = ["io.graft.*"]{options}
 '''
 
 
@@ -165,6 +188,18 @@ def fresh_config(d: Layout) -> str:
     runtime["netns_mounts_under_state_dir"] = True
     runtime["cni"]["conf_dir"] = str(d.cni_conf)
     return tomlkit.dumps(doc)
+
+
+def _containerd_config(d: Layout) -> str:
+    if d.sandboxer:  # containerd 2.x names: the CRI plugin is split in images and runtime
+        return (_header(d, 3) + _cri_runtime(d, "plugins.'io.containerd.cri.v1.runtime'",
+                                             d.sandboxer)
+                + f'''
+[plugins.'io.containerd.cri.v1.images'.pinned_images]
+  sandbox = "{PAUSE_IMAGE}"
+''')
+    return _header(d, 2) + _cri_runtime(d, 'plugins."io.containerd.grpc.v1.cri"',
+                                        sandbox_image=PAUSE_IMAGE)
 
 
 def _cni_config(d: Layout) -> str:
@@ -296,11 +331,13 @@ def env_vars(d: Layout) -> dict[str, str]:
 
 
 def start(d: Layout, timeout: float = 30.0, containerd_bin: Path | None = None,
-          fresh: bool = False) -> None:
+          sandboxer: str = "", fresh: bool = False) -> None:
     if _running_pid(d):
         return
     if containerd_bin is not None:
         d.containerd_bin_file.write_text(str(containerd_bin))
+    if sandboxer:
+        d.sandboxer_file.write_text(sandboxer)
     for sub in (d.bin, d.cni_conf, d.cni_ipam):
         sub.mkdir(parents=True, exist_ok=True)
     if fresh:
@@ -323,6 +360,8 @@ def launch(d: Layout, timeout: float = 30.0) -> int:
     """Run containerd on the existing configuration and wait until it answers (also used to
     restart it with the same directories: running shims are then reconnected)."""
     env = dict(os.environ, PATH=f"{d.bin}:{os.environ.get('PATH', PATH_DIRS)}")
+    if d.sandboxer:  # no runtime options then (see _cri_runtime): the shim inherits this
+        env["GRAFT_CONFIG"] = str(d.graft_config)
     with open(d.log, "ab") as log:
         proc = subprocess.Popen([d.tool("containerd"), "--config", str(d.config)],
                                 stdin=subprocess.DEVNULL,

@@ -70,6 +70,10 @@ class AgentClient:
             pb.ExecProcessResponse)
         return resp.pid
 
+    async def delete_process(self, container_id: str, exec_id: str) -> None:
+        await self._call("DeleteProcess", pb.ProcessRequest(
+            container_id=container_id, exec_id=exec_id), _EMPTY)
+
     async def wait_process(self, container_id: str, exec_id: str = "") -> pb.WaitProcessResponse:
         # No deadline: a process may run for as long as it likes.
         return await self._ttrpc.call(SERVICE_NAME, "WaitProcess", pb.ProcessRequest(
@@ -118,8 +122,11 @@ class AgentClient:
             pb.ReadStreamResponse, timeout=None)
 
     async def write_stdin(self, container_id: str, exec_id: str, data: bytes) -> int:
-        resp = await self._call("WriteStdin", pb.WriteStreamRequest(
-            container_id=container_id, exec_id=exec_id, data=data), pb.WriteStreamResponse)
+        """Bytes of *data* the process took (a prefix; send the rest next). No deadline: the
+        agent answers once the reader took some, however slow it is."""
+        resp = await self._ttrpc.call(SERVICE_NAME, "WriteStdin", pb.WriteStreamRequest(
+            container_id=container_id, exec_id=exec_id, data=data), pb.WriteStreamResponse,
+            timeout=None)
         return resp.len
 
     async def close_stdin(self, container_id: str, exec_id: str = "") -> None:
@@ -131,9 +138,10 @@ class AgentClient:
             container_id=container_id, exec_id=exec_id, rows=rows, cols=cols), _EMPTY)
 
     # -- networking --------------------------------------------------------------
-    async def update_interface(self, interface: pb.Interface) -> pb.Interface:
-        return await self._call("UpdateInterface", pb.UpdateInterfaceRequest(interface=interface),
-                                pb.Interface)
+    async def update_interface(self, interface: pb.Interface,
+                               match_hw_addr: str = "") -> pb.Interface:
+        return await self._call("UpdateInterface", pb.UpdateInterfaceRequest(
+            interface=interface, match_hw_addr=match_hw_addr), pb.Interface)
 
     async def update_routes(self, routes: list[pb.Route]) -> pb.Routes:
         return await self._call("UpdateRoutes", pb.UpdateRoutesRequest(

@@ -7,6 +7,7 @@ from __future__ import annotations
 from typing import AsyncIterator, Awaitable, Callable, Literal
 
 from shim.agent.client import AgentClient
+from shim.agent.pacing import IdleBackoff
 from shim.ttrpc import Code, TtrpcError
 
 Sink = Callable[[bytes], Awaitable[None]]
@@ -16,12 +17,16 @@ async def copy_output(agent: AgentClient, container_id: str, exec_id: str,
                       stream: Literal["stdout", "stderr"], sink: Sink) -> None:
     """Long-poll one output stream into *sink* until the agent reports EOF."""
     read = agent.read_stdout if stream == "stdout" else agent.read_stderr
+    backoff = IdleBackoff()
     while True:
         chunk = await read(container_id, exec_id)
         if chunk.data:
+            backoff.useful()
             await sink(chunk.data)
         if chunk.eof:
             return
+        if not chunk.data:  # an empty long-poll answer: do not spin on it
+            await backoff.empty()
 
 
 async def copy_input(agent: AgentClient, container_id: str, exec_id: str,

@@ -9,7 +9,8 @@ try:
     from .gen.cgroups.v2.stats import metrics_pb2 as cgroups_v2_pb2
     from .gen.containerd.api.events import task_pb2 as events_pb2
     from .gen.containerd.api.services.ttrpc.events.v1 import events_pb2 as events_service_pb2
-    from .gen.containerd.api.types import mount_pb2
+    from .gen.containerd.api.runtime.sandbox.v1 import sandbox_pb2
+    from .gen.containerd.api.types import metrics_pb2, mount_pb2, platform_pb2
     from .gen.containerd.api.types.task import task_pb2 as task_types_pb2
     from .gen.containerd.pkg.runtimeoptions.v1 import api_pb2 as runtimeoptions_pb2
     from .gen.containerd.runtime.v2.task import shim_pb2
@@ -20,9 +21,11 @@ except ImportError as exc:  # pragma: no cover - depends on setup having run
     ) from exc
 
 TASK_SERVICE = shim_pb2.DESCRIPTOR.services_by_name["Task"]
+SANDBOX_SERVICE = sandbox_pb2.DESCRIPTOR.services_by_name["Sandbox"]
 EVENTS_SERVICE_NAME = "containerd.services.events.ttrpc.v1.Events"
 
 __all__ = [
-    "EVENTS_SERVICE_NAME", "TASK_SERVICE", "cgroups_v1_pb2", "cgroups_v2_pb2", "events_pb2",
-    "events_service_pb2", "mount_pb2", "runtimeoptions_pb2", "shim_pb2", "task_types_pb2",
+    "EVENTS_SERVICE_NAME", "SANDBOX_SERVICE", "TASK_SERVICE", "cgroups_v1_pb2", "cgroups_v2_pb2",
+    "events_pb2", "events_service_pb2", "metrics_pb2", "mount_pb2", "platform_pb2",
+    "runtimeoptions_pb2", "sandbox_pb2", "shim_pb2", "task_types_pb2",
 ]

@@ -8,7 +8,12 @@ grpcio-tools' protoc. Rewriting the paths gives every generated module a fully q
 nothing clashes with other copies of e.g. google/rpc/status.proto loaded by other libraries.
 
 Packages (installed with apt): golang-github-containerd-containerd-dev,
-golang-github-containerd-cgroups-dev, golang-github-gogo-googleapis-dev.
+golang-github-containerd-cgroups-dev, golang-github-gogo-googleapis-dev. The task API comes
+from those 1.6 sources. The Sandbox API (containerd.runtime.sandbox.v1, served for containerd
+2.x's `sandboxer = "shim"`) and the types only it uses (platform, metrics) come from a newer
+golang-github-containerd-containerd-api-dev, unpacked privately by
+hack/containerd/compat.py (*api_gocode*); its imports of types both releases define (mount) are
+resolved to the 1.6 file, whose wire format is the same.
 """
 from __future__ import annotations
 
@@ -28,6 +33,19 @@ class ProtoSource:
     source: Path       # file on disk
     import_path: str   # path other protos use to import it
     target: str        # path under GEN_PREFIX
+
+
+_API_FILES = (  # from the 2.x API package, relative to github.com/containerd/containerd/
+    "api/runtime/sandbox/v1/sandbox.proto",
+    "api/types/platform.proto",
+    "api/types/metrics.proto",
+)
+
+
+def _api_sources(api_gocode: Path) -> list[ProtoSource]:
+    base = api_gocode / "github.com" / "containerd" / "containerd"
+    return [ProtoSource(base / f, f"github.com/containerd/containerd/{f}", f"containerd/{f}")
+            for f in _API_FILES]
 
 
 def _sources(gocode: Path) -> list[ProtoSource]:
@@ -139,7 +157,7 @@ def _protoc(args: list[str]) -> None:
         raise RuntimeError(f"protoc failed ({rc}) compiling containerd protos")
 
 
-def generate(root: Path, gocode: Path = GOCODE) -> Path:
+def generate(root: Path, api_gocode: Path, gocode: Path = GOCODE) -> Path:
     """Compile the containerd protos into root/shim/api/gen (skipped when inputs are unchanged)."""
     sources = _sources(gocode)
     missing = [str(s.source) for s in sources if not s.source.is_file()]
@@ -147,6 +165,12 @@ def generate(root: Path, gocode: Path = GOCODE) -> Path:
         raise FileNotFoundError(
             "containerd proto sources missing (apt-get install golang-github-containerd-containerd-dev "
             f"golang-github-containerd-cgroups-dev golang-github-gogo-googleapis-dev): {missing}")
+    api_sources = _api_sources(api_gocode)
+    missing = [str(s.source) for s in api_sources if not s.source.is_file()]
+    if missing:
+        raise FileNotFoundError("containerd 2.x API protos missing (hack/containerd/compat.py "
+                                f"fetch-api sid): {missing}")
+    sources += api_sources
     out = root / GEN_PREFIX
     stamp = out / ".digest"
     digest = _digest(sources)

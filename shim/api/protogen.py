@@ -44,11 +44,13 @@ def generate_agent(root: Path) -> Path:
     return out
 
 
-def generate_all(root: Path) -> int:
+def generate_all(root: Path, containerd_api_gocode: Path) -> int:
+    """Our agent API, then containerd's (*containerd_api_gocode*: the 2.x API package's Go
+    source root, see containerd_protos)."""
     generate_agent(root)
     try:
         from . import containerd_protos
     except ImportError:
         return 0
-    containerd_protos.generate(root)
+    containerd_protos.generate(root, containerd_api_gocode)
     return 0

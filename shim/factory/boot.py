@@ -11,6 +11,7 @@ import asyncio
 import logging
 import os
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,6 +21,8 @@ from shim.hypervisor.base import (FileBackedMemoryConfig, Hypervisor, Hypervisor
                                   HypervisorError, VmPaths)
 from shim.timeline import Timeline
 from shim.vmconfig.hypervisor_config import hypervisor_config
+
+from .boot_nic import TEMPLATE_MAC, open_clone_tap
 from shim.vmconfig.pod_resources import PodResources
 
 from .sizing import VmSize, fit_to_request
@@ -50,16 +53,35 @@ class BootedVm:
     boot_path: BootPath
     seconds: float  # launch → agent answering
     size: VmSize | None = None  # set by boot_vm once sized to the pod's request
+    # MAC of the NIC the VM already has (restored with its template's); "" = none: the
+    # pod's NIC is hot-plugged.
+    nic_mac: str = ""
+
+
+def hypervisor_class(config: GraftConfig) -> type[Hypervisor]:
+    if config.get("hypervisor", "kind") == "clh":
+        from shim.hypervisor.clh import CloudHypervisor
+        return CloudHypervisor
+    from shim.hypervisor.qemu import QemuHypervisor
+    return QemuHypervisor
 
 
 def make_hypervisor(config: GraftConfig, vm_id: str, hv_config: HypervisorConfig,
                     paths: VmPaths, netns: Path | None) -> Hypervisor:
-    kind = config.get("hypervisor", "kind")
-    if kind == "clh":
-        from shim.hypervisor.clh import CloudHypervisor
-        return CloudHypervisor(vm_id, hv_config, paths, netns)
-    from shim.hypervisor.qemu import QemuHypervisor
-    return QemuHypervisor(vm_id, hv_config, paths, netns)
+    return hypervisor_class(config)(vm_id, hv_config, paths, netns)
+
+
+def template_hypervisor_config(config: GraftConfig,
+                               memory: FileBackedMemoryConfig) -> HypervisorConfig:
+    """The VM a template is built as and every clone restored as: file-backed memory, and
+    the boot NIC where the VMM supports one (boot_nic.py)."""
+    mac = TEMPLATE_MAC if hypervisor_class(config).supports_boot_nic else ""
+    return hypervisor_config(config, memory, boot_nic_mac=mac)
+
+
+# Gives the fd of the tap a clone's boot NIC uses (the caller of boot_vm knows the pod's
+# network); the fd is the booting code's to close.
+NicTap = Callable[[], Awaitable[int]]
 
 
 async def _connect(config: GraftConfig, vm: Hypervisor, started: float,
@@ -107,17 +129,27 @@ async def cold_boot(config: GraftConfig, vm_id: str, paths: VmPaths,
 
 async def restore_clone(config: GraftConfig, vm_id: str, paths: VmPaths, netns: Path | None,
                         template_dir: Path, memory_file: Path, reason: str,
-                        timeline: Timeline | None = None) -> BootedVm:
+                        timeline: Timeline | None = None, nic_tap: NicTap | None = None
+                        ) -> BootedVm:
     """Restore a clone of the template in *template_dir* (private memory),
-    resume it and wait for its agent."""
+    resume it and wait for its agent. *nic_tap* backs the template's NIC (a transient tap
+    of the clone's own when not given)."""
     timeline = timeline or Timeline()
-    hv_config = hypervisor_config(
-        config, file_backed_memory=FileBackedMemoryConfig(path=memory_file, shared=False))
+    hv_config = template_hypervisor_config(
+        config, FileBackedMemoryConfig(path=memory_file, shared=False))
     vm = make_hypervisor(config, vm_id, hv_config, paths, netns)
     loop = asyncio.get_running_loop()
     started = loop.time()
     try:
-        await vm.restore_vm(template_dir)
+        if hv_config.boot_nic_mac:
+            vm.boot_nic_fd = await (nic_tap() if nic_tap is not None else asyncio.to_thread(
+                open_clone_tap, None, vm_id))
+        try:
+            await vm.restore_vm(template_dir)
+        finally:
+            if vm.boot_nic_fd is not None:  # the VMM holds its own copy (or failed)
+                os.close(vm.boot_nic_fd)
+                vm.boot_nic_fd = None
         timeline.mark("vm restored")
         await vm.resume_vm()
         agent = await _connect(config, vm, started, attempt_timeout=RESTORE_CHECK_ATTEMPT_S)
@@ -131,7 +163,8 @@ async def restore_clone(config: GraftConfig, vm_id: str, paths: VmPaths, netns: 
     except BaseException:
         await vm.stop_vm()
         raise
-    return BootedVm(vm, agent, BootPath(True, reason), loop.time() - started)
+    return BootedVm(vm, agent, BootPath(True, reason), loop.time() - started,
+                    nic_mac=hv_config.boot_nic_mac)
 
 
 async def refresh_clone_identity(agent: AgentClient) -> None:
@@ -145,12 +178,12 @@ async def refresh_clone_identity(agent: AgentClient) -> None:
 async def boot_vm(config: GraftConfig, vm_id: str, paths: VmPaths,
                   netns: Path | None = None,
                   resources: PodResources | None = None,
-                  timeline: Timeline | None = None) -> BootedVm:
+                  timeline: Timeline | None = None, nic_tap: NicTap | None = None) -> BootedVm:
     """Restore from a valid template when enabled, else cold boot, then
     hot-add what the pod asks for beyond the template's size. A template
     problem is never fatal: it is logged and we cold boot."""
     timeline = timeline or Timeline()
-    booted = await _restore_or_cold_boot(config, vm_id, paths, netns, timeline)
+    booted = await _restore_or_cold_boot(config, vm_id, paths, netns, timeline, nic_tap)
     try:
         booted.size = await fit_to_request(booted.hypervisor, booted.agent,
                                            resources or PodResources())
@@ -163,8 +196,8 @@ async def boot_vm(config: GraftConfig, vm_id: str, paths: VmPaths,
 
 
 async def _restore_or_cold_boot(config: GraftConfig, vm_id: str, paths: VmPaths,
-                                netns: Path | None,
-                                timeline: Timeline | None = None) -> BootedVm:
+                                netns: Path | None, timeline: Timeline | None = None,
+                                nic_tap: NicTap | None = None) -> BootedVm:
     timeline = timeline or Timeline()
     if not config.enable_template:
         return await cold_boot(config, vm_id, paths, netns, "templates disabled", timeline)
@@ -185,7 +218,7 @@ async def _restore_or_cold_boot(config: GraftConfig, vm_id: str, paths: VmPaths,
         timeline.mark("template validated")
         booted = await restore_clone(config, vm_id, paths, netns, template.directory,
                                      template.memory_file, f"template {template.directory}",
-                                     timeline)
+                                     timeline, nic_tap)
     except Exception as exc:  # VMM, agent (TtrpcError) or file trouble; cancellation passes
         log.warning("sandbox %s: restore from %s failed, cold boot instead: %s",
                     vm_id, template.directory, exc)

@@ -24,10 +24,10 @@ from typing import Iterator
 from shim.agent.client import AgentClient
 from shim.config import GraftConfig
 from shim.hypervisor.base import FileBackedMemoryConfig, VmPaths
-from shim.vmconfig.hypervisor_config import hypervisor_config
 
 from . import tmpfs
-from .boot import _connect, make_hypervisor
+from .boot import _connect, make_hypervisor, template_hypervisor_config
+from .boot_nic import open_template_tap
 from .clh_snapshot import make_memory_private
 from .metadata import (MEMORY_FILE, METADATA_FILE, HypervisorRecord, SavedFile,
                        TemplateMetadata, identity_sha256, write_metadata)
@@ -148,7 +148,7 @@ async def _boot_and_save(config: GraftConfig, directory: Path, vm_id: str) -> st
     """Cold-boot the template VM, save it into *directory*; returns the VMM
     version. The VM is always stopped."""
     memory = directory / MEMORY_FILE
-    hv_config = hypervisor_config(config, FileBackedMemoryConfig(memory, shared=True))
+    hv_config = template_hypervisor_config(config, FileBackedMemoryConfig(memory, shared=True))
     run_dir = config.state_dir / "factory" / vm_id
     paths = VmPaths(run_dir=run_dir, shared_dir=run_dir / "shared")
     # The share device must exist in the template (clones use it) but stays
@@ -158,7 +158,14 @@ async def _boot_and_save(config: GraftConfig, directory: Path, vm_id: str) -> st
     agent: AgentClient | None = None
     try:
         started = asyncio.get_running_loop().time()
-        await vm.start_vm()
+        if hv_config.boot_nic_mac:
+            vm.boot_nic_fd = open_template_tap(vm_id)
+        try:
+            await vm.start_vm()
+        finally:
+            if vm.boot_nic_fd is not None:  # QEMU holds its own: the tap ends with it
+                os.close(vm.boot_nic_fd)
+                vm.boot_nic_fd = None
         agent = await _connect(config, vm, started)
         version = await vm.version()
         # The agent session stays open until the VM is gone. Closing it first

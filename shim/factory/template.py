@@ -23,8 +23,8 @@ from pathlib import Path
 from shim.config import GraftConfig
 from shim.hypervisor.accel import resolve_accelerator
 from shim.hypervisor.base import FileBackedMemoryConfig
-from shim.vmconfig.hypervisor_config import hypervisor_config
 
+from .boot import template_hypervisor_config
 from .digests import DigestCache
 from .metadata import MEMORY_FILE, MetadataError, TemplateMetadata, read_metadata
 from .validate import CurrentFacts, config_problems, file_problems
@@ -86,7 +86,8 @@ def current_facts(config: GraftConfig) -> CurrentFacts:
     """What a clone made now would be built from. Raises OSError (e.g.
     GuestImageMissing) when that cannot be determined."""
     root = config.template_path
-    hv = hypervisor_config(config, FileBackedMemoryConfig(root / MEMORY_FILE, shared=False))
+    hv = template_hypervisor_config(config, FileBackedMemoryConfig(root / MEMORY_FILE,
+                                                                   shared=False))
     return CurrentFacts(
         kind=str(config.get("hypervisor", "kind")),
         accelerator=resolve_accelerator(hv.accelerator).value,

@@ -13,6 +13,8 @@ import enum
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .bounded_log import read_tail
+
 
 class Accelerator(enum.Enum):
     AUTO = "auto"
@@ -63,6 +65,9 @@ class HypervisorConfig:
     # virtiofsd the caller runs on this socket. None = no share device (QEMU
     # always exports VmPaths.shared_dir over 9p and ignores this field).
     virtiofs_socket: Path | None = None
+    # A virtio-net device present from boot with this MAC, backed by the tap fd in
+    # Hypervisor.boot_nic_fd at launch; "" = none (NICs are hot-plugged).
+    boot_nic_mac: str = ""
 
     def template_identity(self) -> dict[str, object]:
         """The parts of the config a saved VM state is only valid for."""
@@ -82,6 +87,7 @@ class HypervisorConfig:
             # Slots and maxmem change the machine (ACPI tables, address map).
             **({"memory_slots": self.memory_slots, "max_memory_mib": self.max_memory_mib}
                if self.memory_slots else {}),
+            **({"boot_nic_mac": self.boot_nic_mac} if self.boot_nic_mac else {}),
         }
 
 
@@ -127,12 +133,18 @@ class Hypervisor(abc.ABC):
     """One VM. Create it, then either start_vm() (cold boot) or
     restore_vm(dir) + resume_vm() (from saved state)."""
 
+    #: Whether the VMM can boot (and restore) with config.boot_nic_mac's device.
+    supports_boot_nic = False
+
     def __init__(self, vm_id: str, config: HypervisorConfig, paths: VmPaths,
                  netns: Path | None = None) -> None:
         self.vm_id = vm_id
         self.config = config
         self.paths = paths
         self.netns = netns
+        # The tap fd backing the boot NIC (config.boot_nic_mac), set before start_vm() or
+        # restore_vm(); the VMM gets its own copy, the caller keeps and closes this one.
+        self.boot_nic_fd: int | None = None
 
     @abc.abstractmethod
     async def start_vm(self, timeout: float = 30.0) -> None:
@@ -193,8 +205,5 @@ class Hypervisor(abc.ABC):
         return await asyncio.open_unix_connection(str(self.paths.agent_socket))
 
     def console_tail(self, lines: int = 40) -> str:
-        try:
-            text = self.paths.console_log.read_text(errors="replace")
-        except OSError:
-            return ""
+        text = read_tail(self.paths.console_log).decode(errors="replace")
         return "\n".join(text.splitlines()[-lines:])

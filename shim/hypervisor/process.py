@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import TypeVar
 
 from .base import HypervisorError, VmExited
+from .bounded_log import BoundedLog, read_tail
 
 PR_SET_PDEATHSIG = 1
 CLONE_NEWNET = 0x40000000
@@ -39,6 +40,7 @@ log = logging.getLogger(__name__)
 
 # How long a failed VMM request waits to see whether the VMM is exiting.
 _DYING_GRACE = 0.5
+_LOG_DRAIN_SECONDS = 2.0  # after the VMM exited, for output still in the pipe
 
 
 def _child_setup(owner_pid: int, netns_fd: int | None) -> None:
@@ -52,25 +54,20 @@ def _child_setup(owner_pid: int, netns_fd: int | None) -> None:
 
 
 def tail_of_file(path: Path, lines: int = 20, max_bytes: int = 64 * 1024) -> str:
-    try:
-        with open(path, "rb") as f:
-            f.seek(0, os.SEEK_END)
-            f.seek(max(0, f.tell() - max_bytes))
-            data = f.read()
-    except OSError:
-        return ""
+    data = read_tail(path, max_bytes)
     return "\n".join(data.decode(errors="replace").splitlines()[-lines:])
 
 
 class VmmProcess:
     """One running VMM process. Create with :meth:`spawn`."""
 
-    def __init__(self, proc: asyncio.subprocess.Process, name: str, log_path: Path,
+    def __init__(self, proc: asyncio.subprocess.Process, name: str, logs: Sequence[BoundedLog],
                  exited: asyncio.Event | None = None,
                  on_exit: Callable[[int], None] | None = None) -> None:
         self._proc = proc
         self.name = name
-        self.log_path = log_path
+        self._logs = list(logs)  # [stdout+stderr, then what the caller handed over]
+        self.log_path = self._logs[0].path
         # Set once the process is reaped; may be an event owned by the caller.
         self.exited = exited if exited is not None else asyncio.Event()
         self._on_exit = on_exit  # called with the exit status once reaped
@@ -79,42 +76,63 @@ class VmmProcess:
     @classmethod
     async def spawn(cls, argv: Sequence[str], *, name: str, log_path: Path,
                     netns: Path | None = None, pass_fds: Sequence[int] = (),
+                    logs: Sequence[BoundedLog] = (),
                     exited: asyncio.Event | None = None,
                     on_exit: Callable[[int], None] | None = None) -> "VmmProcess":
-        """Start *argv*; its stdout+stderr go to *log_path* (truncated)."""
+        """Start *argv*; its stdout+stderr go to *log_path* (a BoundedLog, truncated).
+        *logs* (other outputs of the VMM, e.g. its console) are owned from now on: closed
+        once the VMM exited and they were drained."""
         netns_fd: int | None = None
+        log_read, log_write = os.pipe()
+        log_writer = os.fdopen(log_write, "wb")  # ours until the child has its copy
+        try:
+            output = BoundedLog(log_read, log_path)
+        except BaseException:
+            os.close(log_read)
+            log_writer.close()
+            for extra in logs:
+                extra.close()
+            raise
         try:
             if netns is not None:
                 try:
                     netns_fd = os.open(netns, os.O_RDONLY | os.O_CLOEXEC)
                 except OSError as exc:
                     raise HypervisorError(f"cannot open network namespace {netns}: {exc.strerror}") from exc
-            with open(log_path, "wb") as log:
-                owner = os.getpid()
-                try:
-                    proc = await asyncio.create_subprocess_exec(
-                        *argv, stdin=subprocess.DEVNULL, stdout=log, stderr=log,
-                        pass_fds=tuple(pass_fds), close_fds=True,
-                        # Own session: terminal signals meant for the owner do
-                        # not reach the VMM; owner death does (PDEATHSIG).
-                        start_new_session=True,
-                        preexec_fn=lambda: _child_setup(owner, netns_fd))
-                except FileNotFoundError as exc:
-                    raise HypervisorError(f"{name}: binary {argv[0]!r} not found") from exc
-                except PermissionError as exc:
-                    raise HypervisorError(f"{name}: binary {argv[0]!r} not executable") from exc
-                except subprocess.SubprocessError as exc:
-                    where = f" (entering netns {netns})" if netns is not None else ""
-                    raise HypervisorError(f"{name}: child setup failed{where}: {exc}") from exc
+            owner = os.getpid()
+            try:
+                proc = await asyncio.create_subprocess_exec(
+                    *argv, stdin=subprocess.DEVNULL, stdout=log_writer, stderr=log_writer,
+                    pass_fds=tuple(pass_fds), close_fds=True,
+                    # Own session: terminal signals meant for the owner do
+                    # not reach the VMM; owner death does (PDEATHSIG).
+                    start_new_session=True,
+                    preexec_fn=lambda: _child_setup(owner, netns_fd))
+            except FileNotFoundError as exc:
+                raise HypervisorError(f"{name}: binary {argv[0]!r} not found") from exc
+            except PermissionError as exc:
+                raise HypervisorError(f"{name}: binary {argv[0]!r} not executable") from exc
+            except subprocess.SubprocessError as exc:
+                where = f" (entering netns {netns})" if netns is not None else ""
+                raise HypervisorError(f"{name}: child setup failed{where}: {exc}") from exc
+        except BaseException:
+            for each in (output, *logs):
+                each.close()
+            raise
         finally:
+            log_writer.close()
             if netns_fd is not None:
                 os.close(netns_fd)
-        return cls(proc, name, log_path, exited, on_exit)
+        return cls(proc, name, [output, *logs], exited, on_exit)
 
     async def _watch(self) -> None:
         try:
             await self._proc.wait()
+            for each in self._logs:  # its last words, for tails
+                await each.closed(timeout=_LOG_DRAIN_SECONDS)
         finally:
+            for each in self._logs:
+                each.close()
             if self._proc.returncode is not None:
                 self.exited.set()
                 if self._on_exit is not None:

@@ -13,6 +13,7 @@ from typing import Any
 
 from .accel import AcceleratorProbe, probe_accelerator, resolve_accelerator
 from .base import Accelerator, HypervisorConfig, HypervisorError, NetworkDevice, VmPaths
+from .bounded_log import console_log
 from .qemu_cmdline import QBOOT_ROM, LaunchSpec, build_argv, root_port_ids
 from .qmp_monitor import QmpMonitor
 from .supervised import QUIT_TIMEOUT, SupervisedHypervisor
@@ -39,6 +40,7 @@ class QemuHypervisor(SupervisedHypervisor):
 
     PROCESS_NAME = "qemu"
     PROCESS_LOG = "qemu.log"
+    supports_boot_nic = True
 
     def __init__(self, vm_id: str, config: HypervisorConfig, paths: VmPaths,
                  netns: Path | None = None, *,
@@ -230,17 +232,26 @@ class QemuHypervisor(SupervisedHypervisor):
         try:
             agent = bind_listener(self.paths.agent_socket)
             self._track(self.paths.agent_socket)
+            self._track(self.paths.console_log)
+            console, console_fd = console_log(self.paths.console_log)
             try:
                 spec = LaunchSpec(accelerator=accelerator, control_fd=control.fileno(),
-                                  agent_fd=agent.fileno(), incoming=incoming, qboot=self._qboot)
+                                  agent_fd=agent.fileno(), incoming=incoming, qboot=self._qboot,
+                                  nic_fd=self.boot_nic_fd if self.config.boot_nic_mac else None,
+                                  console_fd=console_fd.fileno())
                 try:
                     argv = build_argv(self.config, self.paths, spec, vm_name=f"graft-{self.vm_id}")
                 except ValueError as exc:
+                    console.close()
                     raise HypervisorError(f"VM {self.vm_id}: invalid config: {exc}") from exc
                 log.debug("VM %s: launching %s", self.vm_id, shlex.join(argv))
-                process = await self._spawn(argv, pass_fds=(control.fileno(), agent.fileno()))
+                fds = [control.fileno(), agent.fileno(), console_fd.fileno()]
+                if spec.nic_fd is not None:
+                    fds.append(spec.nic_fd)
+                process = await self._spawn(argv, pass_fds=fds, logs=[console])
             finally:
                 agent.close()  # QEMU holds its own copies now
+                console_fd.close()
         finally:
             control.close()
         self._qmp = QmpMonitor(process, self._describe)

@@ -21,8 +21,11 @@ ROOT_PORT_PREFIX = "rp"
 MEMORY_BACKEND_ID = "mem"
 AGENT_CHARDEV_ID = "agent"
 QMP_CHARDEV_ID = "qmp"
+BOOT_NETDEV_ID = "netdev-boot"
+BOOT_NIC_ID = "nic-boot"
 
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+_MAC_RE = re.compile(r"^[0-9a-fA-F]{2}(:[0-9a-fA-F]{2}){5}$")
 MAX_MOUNT_TAG_LEN = 31  # older guest 9p drivers reject longer tags
 MAX_MEMORY_SLOTS = 256  # QEMU's ACPI limit on x86 (ACPI_MAX_RAM_SLOTS)
 
@@ -44,7 +47,9 @@ class LaunchSpec:
     control_fd: int  # listening unix socket for QMP
     agent_fd: int  # listening unix socket for the agent's virtio-serial port
     incoming: bool = False  # restore: wait for migrate-incoming, stay paused
+    console_fd: int | None = None  # connected socket the host reads (else: console_log file)
     qboot: Path | None = QBOOT_ROM  # None or missing file = QEMU's SeaBIOS
+    nic_fd: int | None = None  # tap fd of the boot NIC (config.boot_nic_mac)
 
 
 def validate_config(config: HypervisorConfig) -> None:
@@ -63,6 +68,8 @@ def validate_config(config: HypervisorConfig) -> None:
         raise ValueError(f"hotplug_root_ports={config.hotplug_root_ports} must be within 0..30")
     if not _NAME_RE.match(config.agent_port_name):
         raise ValueError(f"agent_port_name {config.agent_port_name!r}: use letters, digits, '_', '.', '-'")
+    if config.boot_nic_mac and not _MAC_RE.match(config.boot_nic_mac):
+        raise ValueError(f"boot_nic_mac {config.boot_nic_mac!r} is not a MAC address")
     if not _NAME_RE.match(config.share_mount_tag) or len(config.share_mount_tag) > MAX_MOUNT_TAG_LEN:
         raise ValueError(f"share_mount_tag {config.share_mount_tag!r}: up to {MAX_MOUNT_TAG_LEN} "
                          "letters, digits, '_', '.', '-'")
@@ -97,8 +104,8 @@ def build_argv(config: HypervisorConfig, paths: VmPaths, spec: LaunchSpec,
         "-kernel", str(config.kernel),
         "-initrd", str(config.initrd),
         "-append", guest_cmdline(config.kernel_params, config.agent_port_name),
-        # console: serial → file
-        "-chardev", f"file,id=console,path={opt(paths.console_log)}",
+        # console: serial → a socket the host reads into a bounded log (a file as fallback)
+        "-chardev", _console_chardev(paths, spec),
         "-serial", "chardev:console",
         # QMP on a socket the host bound (no connect polling)
         "-chardev", f"socket,id={QMP_CHARDEV_ID},fd={spec.control_fd},server=on,wait=off",
@@ -114,6 +121,12 @@ def build_argv(config: HypervisorConfig, paths: VmPaths, spec: LaunchSpec,
         "-object", "rng-random,id=rng0,filename=/dev/urandom",
         "-device", "virtio-rng-pci,rng=rng0",
     ]
+    if config.boot_nic_mac:
+        if spec.nic_fd is None:
+            raise ValueError("boot_nic_mac is set but no tap fd backs the boot NIC")
+        argv += ["-netdev", f"tap,id={BOOT_NETDEV_ID},fd={spec.nic_fd},vhost=off",
+                 "-device", f"virtio-net-pci,netdev={BOOT_NETDEV_ID},id={BOOT_NIC_ID},"
+                            f"mac={config.boot_nic_mac},romfile="]
     for i, port in enumerate(root_port_ids(config.hotplug_root_ports)):
         argv += ["-device", f"pcie-root-port,id={port},bus=pcie.0,chassis={i + 1}"]
     if config.vmgenid:
@@ -123,6 +136,12 @@ def build_argv(config: HypervisorConfig, paths: VmPaths, spec: LaunchSpec,
         argv += ["-S", "-incoming", "defer"]
     argv += list(config.extra_args)
     return argv
+
+
+def _console_chardev(paths: VmPaths, spec: LaunchSpec) -> str:
+    if spec.console_fd is not None:
+        return f"socket,id=console,fd={spec.console_fd}"
+    return f"file,id=console,path={opt(paths.console_log)}"
 
 
 def memory_option(config: HypervisorConfig) -> str:

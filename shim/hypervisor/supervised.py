@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import ClassVar
 
 from .base import Hypervisor, HypervisorConfig, HypervisorError, VmExited, VmPaths
+from .bounded_log import BoundedLog, rotated
 from .process import Describer, VmmProcess
 
 log = logging.getLogger(__name__)
@@ -80,12 +81,14 @@ class SupervisedHypervisor(Hypervisor):
                 path.unlink(missing_ok=True)
         self._created.clear()
 
-    async def _spawn(self, argv: Sequence[str], pass_fds: Sequence[int] = ()) -> VmmProcess:
-        # the VMM writes these (the log is created by VmmProcess.spawn)
-        self._track(self.process_log, self.paths.console_log)
+    async def _spawn(self, argv: Sequence[str], pass_fds: Sequence[int] = (),
+                     logs: Sequence[BoundedLog] = ()) -> VmmProcess:
+        # the VMM's output (the log is created by VmmProcess.spawn), rotated parts included
+        for path in (self.process_log, self.paths.console_log):
+            self._track(path, rotated(path))
         self._process = await VmmProcess.spawn(
             argv, name=self.PROCESS_NAME, log_path=self.process_log, netns=self.netns,
-            pass_fds=pass_fds, exited=self.exited, on_exit=self._vmm_exited)
+            pass_fds=pass_fds, logs=logs, exited=self.exited, on_exit=self._vmm_exited)
         return self._process
 
     def _check_alive(self) -> VmmProcess:

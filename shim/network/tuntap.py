@@ -79,3 +79,19 @@ def open_tap_queue(name: str, *, multi_queue: bool = False, vnet_hdr: bool = Tru
                                   f"multi-queue setting differs from {multi_queue}") from None
         raise
     return fd
+
+
+def open_transient_tap(name: str, *, vnet_hdr: bool = True) -> int:
+    """Create tap *name* that lives only as long as an fd of it is open (no TUNSETPERSIST):
+    handed to a VMM, it goes away with that VMM, however it ends. Returns the fd (O_CLOEXEC,
+    caller closes or hands it on). Fails if the name exists."""
+    validate_ifname(name)
+    fd = os.open("/dev/net/tun", os.O_RDWR | os.O_CLOEXEC)
+    try:
+        _set_iff(fd, name, _tap_flags(False, vnet_hdr) | IFF_TUN_EXCL)
+    except OSError as exc:
+        os.close(fd)
+        if exc.errno == errno.EBUSY:
+            raise EndpointExists(f"interface {name} already exists") from None
+        raise
+    return fd

@@ -18,6 +18,7 @@ from pathlib import Path
 from shim.agent.client import AgentClient
 from shim.config import GraftConfig
 from shim.factory.boot import BootPath, boot_vm
+from shim.factory.boot_nic import open_clone_tap
 from shim.factory.sizing import VmSize
 from shim.hypervisor.base import Hypervisor, NetworkDevice, VmPaths
 from shim.mounts import bind_mount, mount_tmpfs, unmount_all_under
@@ -69,17 +70,26 @@ class Sandbox:
         paths.shared_dir.mkdir(parents=True, mode=0o700)
         state.write_owner(run_dir, ref)
         timeline.attach(run_dir)
+        # The network is attached while the template is validated and the VM launched: a
+        # restored clone needs the tap only once its VMM starts (boot_nic.py).
+        attaching = asyncio.ensure_future(_attach_network(netns, timeline))
         endpoint: PodEndpoint | None = None
+
+        async def nic_tap() -> int:
+            return await asyncio.to_thread(open_clone_tap, await asyncio.shield(attaching),
+                                           ref.key)
         try:
             mount_tmpfs(paths.shared_dir, SHARE_ROOT_BYTES)
-            if netns is not None:
-                endpoint = await _attach_network(netns)
-                timeline.mark("network attached")
-            booted = await boot_vm(config, ref.id, paths, netns, resources, timeline)
+            booted = await boot_vm(config, ref.id, paths, netns, resources, timeline, nic_tap)
+            endpoint = await attaching
         except BaseException:
             timeline.detach()
-            if endpoint is not None:
-                await asyncio.to_thread(detach_endpoint, endpoint.netns, endpoint.tap_name)
+            if not attaching.done():
+                attaching.cancel()
+            done = await asyncio.gather(attaching, return_exceptions=True)
+            attached = done[0]
+            if isinstance(attached, PodEndpoint):
+                await asyncio.to_thread(detach_endpoint, attached.netns, attached.tap_name)
             state.remove_run_dir(run_dir)
             raise
         sandbox = cls(ref, config, paths, booted.hypervisor, booted.agent,
@@ -88,7 +98,7 @@ class Sandbox:
         try:
             sandbox._record_state(booted.seconds)
             if endpoint is not None:
-                await sandbox._plug_network(endpoint)
+                await sandbox._plug_network(endpoint, booted.nic_mac)
                 timeline.mark("nic ready")
             await booted.agent.create_sandbox(
                 sandbox_id=ref.id, hostname=hostname or ref.id[:63],
@@ -103,12 +113,15 @@ class Sandbox:
                  booted.seconds)
         return sandbox
 
-    async def _plug_network(self, endpoint: PodEndpoint) -> None:
-        """Hot-plug the pod's NIC (same path for cold-booted and restored
-        VMs) and hand the pod's addresses and routes to the guest."""
-        await self.vm.add_network_device(NetworkDevice(id="net0", tap_name=endpoint.tap_name,
-                                                       mac=endpoint.mac))
-        await self.agent.update_interface(agent_interface(endpoint))
+    async def _plug_network(self, endpoint: PodEndpoint, present_nic_mac: str) -> None:
+        """Give the guest the pod's NIC — the one a restored VM already has (it carries
+        *present_nic_mac* and gets the pod's), else hot-plugged — then the pod's MAC,
+        addresses and routes."""
+        if not present_nic_mac:
+            await self.vm.add_network_device(NetworkDevice(
+                id="net0", tap_name=endpoint.tap_name, mac=endpoint.mac))
+        await self.agent.update_interface(agent_interface(endpoint),
+                                          match_hw_addr=present_nic_mac)
         await self.agent.update_routes(agent_routes(endpoint))
 
     def _record_state(self, boot_seconds: float) -> None:
@@ -206,14 +219,18 @@ async def _collect(failures: list[BaseException], step) -> None:
         failures.append(exc)
 
 
-async def _attach_network(netns: Path) -> PodEndpoint | None:
-    """Join the pod's CNI interface to a tap; None when the netns has no
+async def _attach_network(netns: Path | None, timeline: Timeline) -> PodEndpoint | None:
+    """Join the pod's CNI interface to a tap; None when there is no netns or it has no
     configured interface (e.g. `ctr run` without CNI): loopback only."""
+    if netns is None:
+        return None
     try:
         return await asyncio.to_thread(attach_endpoint, netns)
     except NoPodInterface:
         log.info("netns %s has no configured interface: the VM gets loopback only", netns)
         return None
+    finally:
+        timeline.mark("network attached")
 
 
 __all__ = ["Sandbox", "GUEST_SHARE_MOUNT"]

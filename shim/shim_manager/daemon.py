@@ -1,8 +1,10 @@
-"""The shim daemon: serves the task API for every container of one pod on one socket.
+"""The shim daemon: serves the task API for every container of one pod on one socket, and the
+Sandbox API (containerd 2.x, `sandboxer = "shim"`) for the pod itself.
 
-It exits (removing its socket first) when Shutdown arrives with no task left, on SIGTERM, or
-when it has had neither a client connection nor a task for IDLE_SECONDS — e.g. containerd
-could not connect after `start`, removed the bundle and will never call `delete`.
+It exits (removing its socket first) when ShutdownSandbox arrives, when Shutdown arrives with no
+task left and no sandbox created through the Sandbox API, on SIGTERM, or when it has had neither
+a client connection nor a task nor such a sandbox for IDLE_SECONDS — e.g. containerd could not
+connect after `start`, removed the bundle and will never call `delete`.
 """
 from __future__ import annotations
 
@@ -17,6 +19,7 @@ from pathlib import Path
 from shim.events import Publisher
 from shim.task.backend import PodBackend
 from shim.task.manager import TaskManager
+from shim.task.sandbox_controller import SandboxController
 from shim.timeline import START_EXEC_ENV, Timeline
 from shim.ttrpc import Server
 
@@ -52,15 +55,25 @@ class Daemon:
         self._stop.set()
 
     async def run(self) -> None:
-        from shim.api.containerd import TASK_SERVICE
+        from shim.api.containerd import SANDBOX_SERVICE, TASK_SERVICE
+        from shim.sandbox_service import SandboxService
         from shim.task_service import TaskService
 
         ttrpc_address = os.environ.get("TTRPC_ADDRESS") or f"{self.args.address}.ttrpc"
         events = Publisher(self.args.namespace, ttrpc_address, self.args.publish_binary,
                            self.args.address)
-        manager = TaskManager(self._backend_factory(), events, self.args.namespace)
+        backend = self._backend_factory()
+        manager = TaskManager(backend, events, self.args.namespace)
+        sandboxes = SandboxController(backend, self.args.id)
+
+        def on_task_shutdown() -> None:
+            # A Sandbox API pod outlives its containers: ShutdownSandbox ends it.
+            if not sandboxes.active:
+                self.request_stop()
+
         server = Server()
-        server.register_service(TASK_SERVICE, TaskService(manager, self.request_stop))
+        server.register_service(TASK_SERVICE, TaskService(manager, on_task_shutdown))
+        server.register_service(SANDBOX_SERVICE, SandboxService(sandboxes, self.request_stop))
 
         connections: set[asyncio.Task] = set()
 
@@ -84,7 +97,7 @@ class Daemon:
             loop.add_signal_handler(sig, self.request_stop)
         listener = await asyncio.start_unix_server(on_connection, sock=self._listener)
         background = [asyncio.ensure_future(events.run()), asyncio.ensure_future(Reaper().run()),
-                      asyncio.ensure_future(self._idle_watch(manager))]
+                      asyncio.ensure_future(self._idle_watch(manager, sandboxes))]
         for task in background:
             task.add_done_callback(self._background_ended)
         self.timeline.mark("shim serving")
@@ -101,6 +114,7 @@ class Daemon:
                 task.cancel()
             await asyncio.gather(*connections, return_exceptions=True)
             try:
+                await sandboxes.close()
                 await manager.close()
             except Exception:
                 log.exception("tearing down the pod failed")
@@ -125,12 +139,12 @@ class Daemon:
             log.error("shim background task %s failed", task.get_coro().__qualname__,
                       exc_info=task.exception())
 
-    async def _idle_watch(self, manager: TaskManager) -> None:
+    async def _idle_watch(self, manager: TaskManager, sandboxes: SandboxController) -> None:
         idle_since: float | None = None
         loop = asyncio.get_running_loop()
         while True:
             await asyncio.sleep(min(1.0, self._idle_seconds / 2))
-            if self._connections or not manager.empty.is_set():
+            if self._connections or not manager.empty.is_set() or sandboxes.active:
                 idle_since = None
             elif idle_since is None:
                 idle_since = loop.time()

@@ -13,8 +13,12 @@ import signal
 from .args import ShimArgs, to_argv
 
 SHIM_NAME = "containerd-shim-graft-v2"
-# Signals the fork server or `start` may have changed: the daemon starts from the defaults.
-_RESET = (signal.SIGCHLD, signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGPIPE)
+# The dispositions a fresh Python daemon has, whatever the fork server set. SIGPIPE stays
+# ignored: the log fifo loses its reader whenever containerd restarts, and a write to it must
+# fail (the handler drops the line), not kill the shim.
+_DISPOSITIONS = {signal.SIGCHLD: signal.SIG_DFL, signal.SIGTERM: signal.SIG_DFL,
+                 signal.SIGHUP: signal.SIG_DFL, signal.SIGINT: signal.default_int_handler,
+                 signal.SIGPIPE: signal.SIG_IGN}
 
 
 def detach_stdio() -> None:
@@ -45,15 +49,17 @@ def run_daemon(args: ShimArgs, listen_fd: int, config_path: str,
     """Never returns: serves the pod on *listen_fd*, then exits the process."""
     status = 1
     try:
-        for sig in _RESET:
-            signal.signal(sig, signal.SIG_DFL)
+        import setproctitle
+
+        # First: it finds the room for the title next to the original environment, which
+        # replacing os.environ below moves away.
+        setproctitle.setproctitle(process_title(args))
+        for sig, disposition in _DISPOSITIONS.items():
+            signal.signal(sig, disposition)
         if environ is not None:
             os.environ.clear()
             os.environ.update(environ)
         os.chdir(args.bundle)
-        import setproctitle
-
-        setproctitle.setproctitle(process_title(args))
         from .daemon import serve
         from .logging_setup import log_level, setup_logging
 

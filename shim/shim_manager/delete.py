@@ -23,8 +23,10 @@ DAEMON_BUDGET_SECONDS = 3.0
 _RPC_TIMEOUT = 1.5
 
 
-async def _ask_daemon(path: Path, container_id: str) -> None:
-    """If our daemon still serves, have it kill, reap and delete the task (it knows the guest)."""
+async def _ask_daemon(path: Path, container_id: str, is_sandbox: bool) -> None:
+    """If our daemon still serves, have it kill, reap and delete the task (it knows the guest);
+    for a sandbox, first shut down what the Sandbox API created (containerd 2.x asks for that
+    itself, but a failed ShutdownSandbox must not leave the VM and the daemon behind)."""
     from shim.ttrpc import Client, TtrpcError
 
     try:
@@ -34,12 +36,26 @@ async def _ask_daemon(path: Path, container_id: str) -> None:
             except (TtrpcError, OSError, TimeoutError):
                 return
             try:
+                if is_sandbox:
+                    await _shutdown_sandbox(client, container_id)
                 await _kill_wait_delete(client, container_id)
             finally:
                 await client.close()
     except TimeoutError:
         log.info("delete: daemon at %s did not finish %s in %ss", path, container_id,
                  DAEMON_BUDGET_SECONDS)
+
+
+async def _shutdown_sandbox(client, sandbox_id: str) -> None:
+    from shim.api.containerd import SANDBOX_SERVICE, sandbox_pb2
+    from shim.ttrpc import TtrpcError
+
+    try:
+        await client.call(SANDBOX_SERVICE.full_name, "ShutdownSandbox",
+                          sandbox_pb2.ShutdownSandboxRequest(sandbox_id=sandbox_id),
+                          sandbox_pb2.ShutdownSandboxResponse, timeout=_RPC_TIMEOUT)
+    except TtrpcError as exc:  # NotFound: the pod was a pause container's, or is gone
+        log.info("delete: ShutdownSandbox %s: %s", sandbox_id, exc)
 
 
 async def _kill_wait_delete(client, container_id: str) -> None:
@@ -71,7 +87,7 @@ def delete(args: ShimArgs, config_path: str) -> bytes:
     if info is not None:
         path = socket_address.socket_path(args.address, args.namespace, info.sandbox_id)
         if socket_address.accepts(path):
-            asyncio.run(_ask_daemon(path, args.id))
+            asyncio.run(_ask_daemon(path, args.id, info.is_sandbox))
         elif info.is_sandbox:
             socket_address.remove(path)  # its daemon is dead
     unmount_rootfs(Path(args.bundle) / "rootfs")

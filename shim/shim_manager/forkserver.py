@@ -31,7 +31,7 @@ _WARM_MODULES = (
     "asyncio", "logging", "json", "tomllib", "psutil", "setproctitle", "qemu.qmp",
     "google.protobuf.empty_pb2", "shim.api.containerd", "shim.config", "shim.events",
     "shim.shim_manager.daemon", "shim.shim_manager.logging_setup", "shim.task_service",
-    "shim.task.manager", "shim.task.vm_backend", "shim.sandbox.sandbox", "shim.sandbox.state",
+    "shim.sandbox_service", "shim.task.sandbox_controller", "shim.task.manager", "shim.task.vm_backend", "shim.sandbox.sandbox", "shim.sandbox.state",
     "shim.factory.boot", "shim.factory.template", "shim.factory.sizing", "shim.hypervisor.qemu",
     "shim.agent.client", "shim.network", "shim.network.netlink", "pyroute2",
 )

@@ -3,9 +3,10 @@ process that forks the daemon (shim/shim_manager/forkserver.py), or say it canno
 
 Standard library only, and few modules: this runs in every `start` of a pod sandbox.
 
-One fork server serves one code tree: its socket is named by the interpreter and sys.path,
-and every request carries a stamp of the code's files; a server whose code changed since it
-started answers "stale" and exits, and `start` falls back to forking the daemon itself.
+One fork server serves one code tree: its socket is named by the interpreter and the
+directory graft runs from, and every request carries a stamp of the code's files; a server
+whose code changed since it started answers "stale" and exits, and `start` falls back to
+forking the daemon itself.
 """
 from __future__ import annotations
 
@@ -18,24 +19,24 @@ import sys
 SERVER_DIR = "/run/graft-shim"
 REPLY_TIMEOUT = 5.0
 _MAX_MESSAGE = 1 << 20
-# The code a daemon runs comes from these package directories (relative to a sys.path entry).
+# The code a daemon runs: these package directories below the graft tree.
 _CODE_DIRS = ("shim", os.path.join("graft_agent", "api"))
+GRAFT_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 def server_path() -> str:
-    """This interpreter's and code tree's fork server socket."""
-    name = "\0".join([sys.executable, *sys.path]).encode()
+    """This interpreter's and graft tree's fork server socket."""
+    name = f"{sys.executable}\0{GRAFT_ROOT}".encode()
     return os.path.join(SERVER_DIR, hashlib.sha256(name).hexdigest()[:16] + ".sock")
 
 
 def code_stamp() -> str:
     """Changes whenever a file of the daemon's code changes (or appears, or goes)."""
     digest = hashlib.sha256()
-    for entry in sys.path:
-        for sub in _CODE_DIRS:
-            top = os.path.join(entry, sub)
-            if os.path.isdir(top):
-                _stamp_tree(top, digest)
+    for sub in _CODE_DIRS:
+        top = os.path.join(GRAFT_ROOT, sub)
+        if os.path.isdir(top):
+            _stamp_tree(top, digest)
     return digest.hexdigest()[:32]
 
 

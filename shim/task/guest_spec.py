@@ -48,20 +48,32 @@ class NodeNamespaceRefused(InvalidArgument):
     pass
 
 
-def _refuse_node_namespaces(spec: dict, kinds: dict[str, str], what: str) -> None:
+_SANDBOX_NODE_NAMESPACES = {"pid": "hostPID", "ipc": "hostIPC", "network": "hostNetwork"}
+
+
+def _refusal(names: list[str], what: str) -> NodeNamespaceRefused:
+    return NodeNamespaceRefused(
+        f"{what} asks for {', '.join(names)}: graft runs each pod in its own VM, which cannot "
+        "share the node's namespaces (and will not hand out the guest agent's)")
+
+
+def _left_out(spec: dict, kinds: dict[str, str]) -> list[str]:
     present = {ns.get("type") for ns in (spec.get("linux") or {}).get("namespaces") or []}
-    missing = [name for kind, name in kinds.items() if kind not in present]
-    if missing:
-        raise NodeNamespaceRefused(
-            f"{what} asks for {', '.join(missing)}: graft runs each pod in its own VM, which "
-            "cannot share the node's namespaces (and will not hand out the guest agent's)")
+    return [name for kind, name in kinds.items() if kind not in present]
 
 
 def check_sandbox_namespaces(spec: dict) -> None:
     """A pod sandbox (or a single container that is its own pod) asking for the node's PID,
     IPC or network namespace is refused before any VM is started."""
-    _refuse_node_namespaces(spec, {"pid": "hostPID", "ipc": "hostIPC", "network": "hostNetwork"},
-                            "the pod")
+    missing = _left_out(spec, _SANDBOX_NODE_NAMESPACES)
+    if missing:
+        raise _refusal(missing, "the pod")
+
+
+def refuse_node_namespaces(kinds: list[str]) -> None:
+    """The same for the Sandbox API, from the CRI namespace options set to NODE."""
+    if kinds:
+        raise _refusal([_SANDBOX_NODE_NAMESPACES[kind] for kind in kinds], "the pod")
 
 
 @dataclass(frozen=True)
@@ -87,7 +99,9 @@ def guest_spec(spec: dict, guest_mounts_dir: str) -> tuple[dict, list[HostBind]]
         out["ociVersion"] = GUEST_OCI_VERSION
     linux = out.get("linux") or {}
     linux.pop("mountLabel", None)
-    _refuse_node_namespaces(out, _NODE_NAMESPACES, "the container")
+    missing = _left_out(out, _NODE_NAMESPACES)
+    if missing:
+        raise _refusal(missing, "the container")
     linux["namespaces"] = [_guest_namespace(ns) for ns in linux["namespaces"]
                            if ns.get("type") != "network"]
 

@@ -28,6 +28,7 @@ from .bundle import bundle_info, read_spec
 from .errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
 from .process import ExitInfo, Process, State
 from .rootfs import Mount, mount_rootfs, unmount_rootfs
+from .spec_check import check_process, check_spec, runc_compatible
 from .stdio import ProcessIO, StdioSpec
 
 log = logging.getLogger(__name__)
@@ -35,6 +36,7 @@ log = logging.getLogger(__name__)
 UNKNOWN_EXIT = 255        # the process vanished with the VM: its real status is lost
 OUTPUT_DRAIN_SECONDS = 2.0
 EXEC_EXIT_GRACE_SECONDS = 2.0
+MAX_SIGNAL = 64  # Linux: SIGRTMAX
 
 # Ids end up in host and guest paths: accept what containerd's identifiers package accepts
 # (letters, digits and inner [._-]), nothing that could climb out of a directory.
@@ -151,6 +153,8 @@ class TaskManager:
             raise InvalidArgument(str(exc)) from exc
         if not spec:
             raise InvalidArgument(f"{req.bundle}/config.json is missing")
+        check_spec(spec)
+        spec = runc_compatible(spec)
         validate_id(info.sandbox_id, "sandbox id")
         self._creating.add(cid)
         self.empty.clear()
@@ -278,6 +282,11 @@ class TaskManager:
         await proc.io.close()
         # A never-started exec (its Start failed) has no monitor: wake its Wait callers.
         proc.process.record_exit(ExitInfo(UNKNOWN_EXIT, time.time_ns()))
+        if proc.monitor is not None:  # the guest knows it: free its pty/pipes there too
+            try:
+                await self._backend.delete_process(container_id, exec_id)
+            except Exception as exc:  # the VM may be gone; the host side is done anyway
+                log.info("release of %s in the guest: %s", proc.process.name, exc)
         return status
 
     async def _end_exec(self, proc: _Proc) -> None:
@@ -369,9 +378,7 @@ class TaskManager:
             process = json.loads(process_json)
         except ValueError as exc:
             raise InvalidArgument(f"exec {exec_id}: process spec is not JSON: {exc}") from exc
-        args = process.get("args") if isinstance(process, dict) else None
-        if not args or not isinstance(args, list):
-            raise InvalidArgument(f"exec {exec_id}: process spec has no args")
+        check_process(process, f"exec {exec_id}: process")
         io = ProcessIO(stdio, self._backend.streams(container_id, exec_id), container_id,
                        self._namespace)
         proc = _Proc(Process(container_id, exec_id, stdio), io, exec_json=process_json)
@@ -388,6 +395,8 @@ class TaskManager:
 
     async def kill(self, container_id: str, exec_id: str, signal: int, all: bool) -> None:
         proc = self._proc(container_id, exec_id)
+        if not 0 <= signal <= MAX_SIGNAL:  # 0 only checks that the process is there
+            raise InvalidArgument(f"signal {signal} is out of range [0, {MAX_SIGNAL}]")
         if proc.process.exit_info is not None or proc.process.state is State.DELETED:
             raise NotFound(f"process {proc.process.name} has already exited")
         if exec_id and proc.monitor is None:

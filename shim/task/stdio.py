@@ -7,10 +7,8 @@ containerd hands us, per process, URIs for stdin/stdout/stderr:
     closes fd 5 once ready.
 
 Rules that keep clients and containers from hanging:
-  * an output fifo gets our own O_RDONLY keep-alive first, so opening the writer never blocks and
-    a client that goes away does not make writes fail; if the fifo stays full for
-    ``STALL_SECONDS`` (nobody reads), we empty it through the keep-alive and keep doing so
-    while it stays unread, instead of blocking the container;
+  * an output fifo is bounded by size and by its reader's presence, never by silence: a slow
+    reader gets back-pressure, a vanished one a bounded backlog (see fifo_sink.py);
   * the stdin fifo is opened O_RDONLY|O_NONBLOCK and read only when epoll says it is ready
     (a plain read would see EOF before the client opened it); no thread ever blocks in open(),
     which could otherwise hang the daemon's exit when the client never opens or deletes it;
@@ -21,7 +19,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-import stat
 import sys
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -29,11 +26,13 @@ from pathlib import Path
 from typing import Protocol
 from urllib.parse import parse_qsl, urlsplit
 
+from shim.agent.pacing import IdleBackoff
+
+from .fifo_sink import FifoSink, FifoSinkError
+
 log = logging.getLogger(__name__)
 
-STALL_SECONDS = 5.0
 STDIN_DRAIN_SECONDS = 5.0
-SHED_WAIT_SECONDS = 0.05
 LOGGER_READY_SECONDS = 10.0
 _CHUNK = 64 * 1024
 
@@ -69,6 +68,9 @@ class Sink:
     async def write(self, data: bytes) -> None:
         raise NotImplementedError
 
+    async def drain(self) -> None:
+        """End of output: wait until what was written reached the reader."""
+
     def close(self) -> None:
         pass
 
@@ -79,13 +81,11 @@ class DiscardSink(Sink):
 
 
 class PipeSink(Sink):
-    """Non-blocking writes to a fifo/pipe; optional keep-alive reader used to shed a stall."""
+    """Non-blocking writes to a logger's pipe: back-pressure is the logger's business."""
 
-    def __init__(self, fd: int, keepalive_fd: int | None, name: str) -> None:
+    def __init__(self, fd: int, name: str) -> None:
         self._fd: int | None = fd
-        self._keepalive = keepalive_fd
         self._name = name
-        self._shedding = False
         os.set_blocking(fd, False)
 
     async def write(self, data: bytes) -> None:
@@ -94,39 +94,15 @@ class PipeSink(Sink):
             try:
                 view = view[os.write(self._fd, view):]
             except BlockingIOError:
-                # Once nobody read for STALL_SECONDS, only wait briefly from then on: a client
-                # that reads again shows up as writability and ends the shedding.
-                patience = SHED_WAIT_SECONDS if self._shedding else STALL_SECONDS
-                if await _wait_writable(self._fd, patience):
-                    self._shedding = False
-                else:
-                    self._shed()
-            except OSError as exc:  # EPIPE: the reader is gone for good; discard from now on
+                await _wait_writable(self._fd)
+            except OSError as exc:  # EPIPE: the logger is gone; discard from now on
                 log.info("stdio %s: reader gone (%s); discarding output", self._name, exc)
-                self._close_writer()
+                self.close()
 
-    def _shed(self) -> None:
-        if self._keepalive is None:
-            return  # a pipe to a logger: back-pressure is the logger's business
-        if not self._shedding:
-            log.warning("stdio %s: nobody reads; dropping buffered output", self._name)
-        self._shedding = True
-        try:
-            while os.read(self._keepalive, _CHUNK):
-                pass
-        except BlockingIOError:
-            pass
-
-    def _close_writer(self) -> None:
+    def close(self) -> None:
         if self._fd is not None:
             os.close(self._fd)
             self._fd = None
-
-    def close(self) -> None:
-        self._close_writer()
-        if self._keepalive is not None:
-            os.close(self._keepalive)
-            self._keepalive = None
 
 
 class FileSink(Sink):
@@ -149,33 +125,21 @@ def _write_all(fd: int, data: bytes) -> None:
         view = view[os.write(fd, view):]
 
 
-async def _wait_writable(fd: int, timeout: float) -> bool:
+async def _wait_writable(fd: int) -> None:
     loop = asyncio.get_running_loop()
     ready = loop.create_future()
     loop.add_writer(fd, lambda: ready.done() or ready.set_result(None))
     try:
-        await asyncio.wait_for(ready, timeout)
-        return True
-    except TimeoutError:
-        return False
+        await ready
     finally:
         loop.remove_writer(fd)
 
 
-def open_fifo_sink(path: str, name: str) -> Sink:
+def open_fifo_sink(path: str, name: str) -> "Sink | FifoSink":
     try:
-        if not stat.S_ISFIFO(os.stat(path).st_mode):
-            raise StdioError(f"{name}: {path} is not a fifo")
-        keepalive = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
-    except FileNotFoundError as exc:
-        raise StdioError(f"{name}: fifo {path} does not exist") from exc
-    try:
-        # Cannot block or fail with ENXIO: our keep-alive is a reader.
-        writer = os.open(path, os.O_WRONLY | os.O_NONBLOCK | os.O_CLOEXEC)
-    except OSError:
-        os.close(keepalive)
-        raise
-    return PipeSink(writer, keepalive, name)
+        return FifoSink.open(path, name)
+    except FifoSinkError as exc:
+        raise StdioError(str(exc)) from exc
 
 
 # -- stdin source -------------------------------------------------------------------------------
@@ -193,6 +157,7 @@ class FifoSource:
     def __init__(self, path: str) -> None:
         self._path = path
         self._fd: int | None = None
+        self._pollable = True  # False for a regular file or /dev/null: epoll refuses them
 
     async def open(self) -> bool:
         try:
@@ -207,13 +172,20 @@ class FifoSource:
         assert self._fd is not None
         loop = asyncio.get_running_loop()
         while True:
+            if not self._pollable:
+                # Files and /dev/null never block: read them to their end (or until CloseIO).
+                return b"" if closing.is_set() else os.read(self._fd, _CHUNK)
             if closing.is_set():
                 try:
                     return os.read(self._fd, _CHUNK)
                 except BlockingIOError:
                     return b""  # drained: nothing more is coming
             ready = loop.create_future()
-            loop.add_reader(self._fd, lambda: ready.done() or ready.set_result(None))
+            try:
+                loop.add_reader(self._fd, lambda: ready.done() or ready.set_result(None))
+            except PermissionError:  # EPERM: not pollable, so never blocking
+                self._pollable = False
+                continue
             closed = asyncio.ensure_future(closing.wait())
             try:
                 await asyncio.wait({ready, closed}, return_when=asyncio.FIRST_COMPLETED)
@@ -245,8 +217,8 @@ class ProcessIO:
         self._streams = streams
         self._container_id = container_id
         self._namespace = namespace
-        self._stdout: Sink = DiscardSink()
-        self._stderr: Sink = DiscardSink()
+        self._stdout: Sink | FifoSink = DiscardSink()
+        self._stderr: Sink | FifoSink = DiscardSink()
         self._stdin: FifoSource | None = None
         self._logger: asyncio.subprocess.Process | None = None
         self._output_tasks: list[asyncio.Task] = []
@@ -317,7 +289,7 @@ class ProcessIO:
         finally:
             loop.remove_reader(ready_r)
             os.close(ready_r)
-        return PipeSink(out_w, None, "logger stdout"), PipeSink(err_w, None, "logger stderr")
+        return PipeSink(out_w, "logger stdout"), PipeSink(err_w, "logger stderr")
 
     def start(self) -> None:
         """Start pumping (after the agent knows the process)."""
@@ -346,15 +318,20 @@ class ProcessIO:
         except TimeoutError:
             return False
 
-    async def _pump_out(self, read: Callable[[], Awaitable[tuple[bytes, bool]]], sink: Sink,
+    async def _pump_out(self, read: Callable[[], Awaitable[tuple[bytes, bool]]], sink: "Sink | FifoSink",
                         name: str) -> None:
+        backoff = IdleBackoff()
         try:
             while True:
                 data, eof = await read()
                 if data:
+                    backoff.useful()
                     await sink.write(data)
                 if eof:
+                    await sink.drain()
                     return
+                if not data:  # a long poll must not answer "nothing, not done": do not spin
+                    await backoff.empty()
         except asyncio.CancelledError:
             raise
         except Exception as exc:  # agent gone: nothing more will come
@@ -369,13 +346,16 @@ class ProcessIO:
                     view = memoryview(data)
                     while view:
                         view = view[await self._streams.write_stdin(bytes(view)):]
-            await self._streams.close_stdin()
         except asyncio.CancelledError:
-            raise
+            source.close()
+            raise  # torn down (or CloseIO gave up waiting, and closes it itself)
         except Exception as exc:
             log.info("%s stdin pump ended: %s", self._container_id, exc)
-        finally:
-            source.close()
+        source.close()
+        try:  # however the input ended, the process gets its EOF
+            await self._streams.close_stdin()
+        except Exception as exc:
+            log.info("%s close stdin: %s", self._container_id, exc)
 
     async def close_stdin(self) -> None:
         """containerd's CloseIO: the client will send no more input.

@@ -7,7 +7,9 @@ Decisions:
   * a container without CRI annotations (ctr run) is a pod of one: VM + container in the guest;
   * every pid reported to containerd is the VMM's: guest pids mean nothing on the host (and may
     collide with unrelated host processes); Pids lists the guest pids;
-  * the last container removed tears the VM down.
+  * the last container removed tears the VM down — unless the VM was launched through the
+    Sandbox API (launch_pod, containerd 2.x `sandboxer = "shim"`, no pause container): then it
+    lives until stop_pod, and its app containers come and go.
 """
 from __future__ import annotations
 
@@ -21,16 +23,18 @@ from collections.abc import Callable
 from pathlib import Path
 
 from shim.agent.client import AgentClient
+from shim.agent.pacing import MinInterval
 from shim.mounts import bind_mount, mounts_under, unmount_all_under
 from shim.sandbox.sandbox import GUEST_SHARE_MOUNT
 from shim.sandbox.state import LOCAL_NAMESPACE, SandboxRef
 from shim.timeline import Timeline
 from shim.ttrpc import Code, TtrpcError
 
-from .backend import ContainerConfig
+from .backend import ContainerConfig, PodVm
 from .bundle import ContainerKind, hostname, network_namespace
 from .errors import FailedPrecondition, NotFound, Unavailable
 from .guest_spec import HostBind, check_sandbox_namespaces, guest_spec
+from .guest_undo import GuestUndo, ignoring_gone
 from .metrics import metrics_from_agent, vm_metrics
 from .process import ExitInfo
 from .stdio import StdioSpec
@@ -38,6 +42,7 @@ from .stdio import StdioSpec
 log = logging.getLogger(__name__)
 
 _MOUNTS_DIR = ".mounts"  # not a valid container id: never collides with a rootfs dir
+OOM_EVENT_INTERVAL_SECONDS = 0.2
 
 
 class _AgentStreams:
@@ -89,6 +94,8 @@ class VmBackend:
         self._oom_handler: Callable[[str], None] = lambda container_id: None
         self._oom_watch: asyncio.Task | None = None
         self._stop_task: asyncio.Task | None = None
+        self._undo = GuestUndo()
+        self._vm_owned_by_task = False  # launched for a POD_VM/SINGLE task, not launch_pod
 
     def on_oom(self, handler: Callable[[str], None]) -> None:
         self._oom_handler = handler
@@ -108,25 +115,51 @@ class VmBackend:
 
     # -- lifecycle ------------------------------------------------------------------------------
 
-    async def _launch(self, config: ContainerConfig) -> None:
+    async def launch_pod(self, pod: PodVm) -> int:
+        self.timeline.mark(f"{pod.sandbox_id} StartSandbox")  # the Sandbox API's pod start
+        await self._launch(pod)
+        return self._pid
+
+    async def stop_pod(self) -> None:
+        await self._teardown()
+
+    async def wait_pod(self) -> ExitInfo:
+        if self._vm_exit is None:
+            raise FailedPrecondition("the pod VM was never launched")
+        return await asyncio.shield(self._vm_exit)
+
+    async def pod_metrics(self):
+        if self._sandbox is None:
+            raise FailedPrecondition("the pod VM is not running")
+        return vm_metrics(self._pid)
+
+    def pod_details(self) -> dict[str, str]:
+        if self._sandbox is None:
+            return {}
+        return {"boot": self._sandbox.boot_path.describe(), "vcpus": str(self._sandbox.size.vcpus),
+                "memory_mib": str(self._sandbox.size.memory_mib)}
+
+    async def _launch(self, pod: PodVm) -> None:
         from shim.config import load_config
         from shim.sandbox.sandbox import Sandbox
-        from shim.vmconfig.pod_resources import requested_resources
 
+        if self._sandbox is not None or self._vm_exit is not None:
+            raise FailedPrecondition(f"this shim already ran pod {self._sandbox_id}")
         graft_config = load_config(self._config_path or None)
-        ref = SandboxRef(config.sandbox_id, self._namespace, self._owner)
+        ref = SandboxRef(pod.sandbox_id, self._namespace, self._owner)
         self._sandbox = await Sandbox.launch(
-            ref, graft_config, netns=network_namespace(config.spec),
-            hostname=hostname(config.spec), resources=requested_resources(config.spec),
+            ref, graft_config, netns=pod.netns, hostname=pod.hostname, resources=pod.resources,
             timeline=self.timeline)
-        self._sandbox_id = config.sandbox_id
+        self._sandbox_id = pod.sandbox_id
         loop = asyncio.get_running_loop()
         self._vm_exit = loop.create_future()
         self._vm_watch = asyncio.ensure_future(self._watch_vm())
         self._oom_watch = asyncio.ensure_future(self._watch_oom())
 
     async def _watch_oom(self) -> None:
+        pace = MinInterval(OOM_EVENT_INTERVAL_SECONDS)  # a guest answering at once cannot flood
         while self._sandbox is not None:
+            await pace.wait()
             try:
                 container_id = await self.agent.get_oom_event()
             except asyncio.CancelledError:
@@ -154,10 +187,9 @@ class VmBackend:
     async def create_container(self, config: ContainerConfig) -> int:
         self.timeline.mark(f"{config.id} create")
         if config.kind in (ContainerKind.POD_VM, ContainerKind.SINGLE):
-            if self._sandbox is not None:
-                raise FailedPrecondition(f"this shim already runs pod {self._sandbox_id}")
             check_sandbox_namespaces(config.spec)
-            await self._launch(config)
+            await self._launch(_pod_vm(config))
+            self._vm_owned_by_task = True
         elif self._sandbox is None or config.sandbox_id != self._sandbox_id:
             raise NotFound(f"sandbox {config.sandbox_id} of container {config.id} "
                            "is not running in this shim")
@@ -169,9 +201,10 @@ class VmBackend:
             spec, binds = guest_spec(config.spec, f"{GUEST_SHARE_MOUNT}/{_MOUNTS_DIR}/{config.id}")
             self._expose_binds(config.id, binds)
             guest_rootfs = self._sandbox.add_container_rootfs(config.id, config.rootfs)
-            await self.agent.create_container(
+            await self._undo.call((config.id, ""), self.agent.create_container(
                 config.id, json.dumps(spec).encode(), guest_rootfs, stdin=config.stdio.has_stdin,
-                runtime=self._sandbox.config.get("agent", "runtime"))
+                runtime=self._sandbox.config.get("agent", "runtime")),
+                undo=lambda: ignoring_gone(self.agent.remove_container(config.id, force=True)))
             self.timeline.mark(f"{config.id} created")
         except BaseException:
             self._remove_binds(config.id)
@@ -185,15 +218,28 @@ class VmBackend:
     async def start_container(self, container_id: str) -> None:
         if self._guest(container_id):
             self.timeline.mark(f"{container_id} start")
-            await self.agent.start_container(container_id)
+            await self._undo.call((container_id, ""), self.agent.start_container(container_id),
+                                  undo=lambda: ignoring_gone(self.agent.signal_process(
+                                      container_id, "", signals.SIGKILL, all=True)))
             self.timeline.mark(f"{container_id} started")
 
     async def exec_process(self, container_id: str, exec_id: str, process_json: bytes,
                            stdio: StdioSpec) -> int:
         if not self._guest(container_id):
             raise FailedPrecondition(f"{container_id} is the pod VM: nothing to exec into")
-        await self.agent.exec_process(container_id, exec_id, process_json, stdin=stdio.has_stdin)
+        await self._undo.call((container_id, exec_id), self.agent.exec_process(
+            container_id, exec_id, process_json, stdin=stdio.has_stdin),
+            undo=lambda: self._undo_exec(container_id, exec_id))
         return self._pid
+
+    async def _undo_exec(self, container_id: str, exec_id: str) -> None:
+        await ignoring_gone(self.agent.signal_process(container_id, exec_id, signals.SIGKILL))
+        await asyncio.wait_for(ignoring_gone(self.agent.wait_process(container_id, exec_id)), 10)
+        await ignoring_gone(self.agent.delete_process(container_id, exec_id))
+
+    async def delete_process(self, container_id: str, exec_id: str) -> None:
+        if self._guest(container_id):
+            await self.agent.delete_process(container_id, exec_id)
 
     async def wait_process(self, container_id: str, exec_id: str) -> ExitInfo:
         assert self._vm_exit is not None
@@ -232,7 +278,7 @@ class VmBackend:
             finally:
                 self._remove_binds(container_id)
                 self._sandbox.remove_container_rootfs(container_id)
-        if not self._kinds:
+        if not self._kinds and self._vm_owned_by_task:
             await self._teardown()
 
     async def _remove_in_guest(self, container_id: str) -> None:
@@ -311,6 +357,7 @@ class VmBackend:
             self._stop_task = asyncio.ensure_future(self._sandbox.stop())
 
     async def _teardown(self) -> None:
+        await self._undo.close()
         if self._oom_watch is not None:
             self._oom_watch.cancel()
             await asyncio.gather(self._oom_watch, return_exceptions=True)
@@ -333,3 +380,11 @@ class VmBackend:
     async def close(self) -> None:
         self._kinds.clear()
         await self._teardown()
+
+
+def _pod_vm(config: ContainerConfig) -> PodVm:
+    """The pod VM a POD_VM/SINGLE task's spec asks for."""
+    from shim.vmconfig.pod_resources import requested_resources
+
+    return PodVm(config.sandbox_id, network_namespace(config.spec), hostname(config.spec),
+                 requested_resources(config.spec))

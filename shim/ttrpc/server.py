@@ -26,8 +26,17 @@ class _Method(NamedTuple):
     handler: Handler
 
 
+# Per connection. A client that sends without reading its answers must not grow our memory:
+# past MAX_UNSENT answers waiting for the socket we stop reading its requests (the kernel's
+# buffers then push back on it); past MAX_IN_FLIGHT requests at once (long polls included)
+# new ones are answered RESOURCE_EXHAUSTED.
+MAX_IN_FLIGHT = 1024
+MAX_UNSENT = 32
+
+
 class Server:
-    def __init__(self) -> None:
+    def __init__(self, max_in_flight: int = MAX_IN_FLIGHT, max_unsent: int = MAX_UNSENT) -> None:
+        self._limits = (max_in_flight, max_unsent)
         self._methods: dict[tuple[str, str], _Method] = {}
         self._listeners: list[asyncio.base_events.Server] = []
         self._connections: set[asyncio.Task] = set()
@@ -100,27 +109,36 @@ class Server:
     async def serve_connection(self, reader: asyncio.StreamReader,
                                writer: asyncio.StreamWriter) -> None:
         """Serve one connection until the peer closes; in-flight handlers are cancelled then."""
-        await _Connection(self._methods, reader, writer).run()
+        await _Connection(self._methods, reader, writer, *self._limits).run()
 
 
 class _Connection:
     def __init__(self, methods: dict[tuple[str, str], _Method],
-                 reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+                 reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
+                 max_in_flight: int, max_unsent: int) -> None:
         self._methods = methods
         self._reader = reader
         self._frames = FrameWriter(writer)
         self._handlers: set[asyncio.Task] = set()
         self._active_streams: set[int] = set()
+        self._max_in_flight = max_in_flight
+        self._max_unsent = max_unsent
+        self._unsent = 0
+        self._sent = asyncio.Event()  # set whenever an answer left (or failed to)
 
     async def run(self) -> None:
         try:
             while True:
+                while self._unsent >= self._max_unsent:  # the peer does not read: neither do we
+                    self._sent.clear()
+                    await self._sent.wait()
                 try:
                     frame = await read_frame(self._reader)
                 except ConnectionClosed as exc:
                     log.debug("ttrpc connection ended: %s", exc)
                     return
                 self._dispatch(frame.header.stream_id, frame.header.type, frame.payload)
+                await asyncio.sleep(0)  # let it start, so its answer counts before the next read
         finally:
             for task in self._handlers:
                 task.cancel()
@@ -139,6 +157,9 @@ class _Connection:
                          f"stream id {stream_id} is even: client stream ids must be odd")
         elif stream_id in self._active_streams:
             self._reject(stream_id, Code.INVALID_ARGUMENT, f"stream id {stream_id} is already in use")
+        elif len(self._active_streams) >= self._max_in_flight:
+            self._reject(stream_id, Code.RESOURCE_EXHAUSTED,
+                         f"more than {self._max_in_flight} requests in flight on this connection")
         else:
             self._active_streams.add(stream_id)
             self._spawn(self._handle_request(stream_id, payload))
@@ -207,10 +228,14 @@ class _Connection:
             data = _error_response(Code.RESOURCE_EXHAUSTED,
                                    f"response of {len(data)} bytes exceeds the ttrpc limit"
                                    ).SerializeToString()
+        self._unsent += 1
         try:
             await self._frames.send(stream_id, FrameType.RESPONSE, data)
         except ConnectionClosed:
             log.debug("ttrpc: peer gone before the response on stream %d", stream_id)
+        finally:
+            self._unsent -= 1
+            self._sent.set()
 
 
 def _error_response(code: Code, message: str) -> Message:

@@ -25,8 +25,8 @@ def guest_image_paths(config: GraftConfig) -> tuple[Path, Path]:
 
 
 def hypervisor_config(config: GraftConfig,
-                      file_backed_memory: FileBackedMemoryConfig | None = None
-                      ) -> HypervisorConfig:
+                      file_backed_memory: FileBackedMemoryConfig | None = None,
+                      boot_nic_mac: str = "") -> HypervisorConfig:
     kernel, initrd = guest_image_paths(config)
     hv = lambda name: config.get("hypervisor", name)  # noqa: E731
     # Memory hot-add needs both a slot and room above memory_mib; without
@@ -51,4 +51,5 @@ def hypervisor_config(config: GraftConfig,
         file_backed_memory=file_backed_memory,
         vmgenid=hv("vmgenid"),
         hotplug_root_ports=hv("hotplug_root_ports"),
+        boot_nic_mac=boot_nic_mac,
     )

@@ -91,6 +91,7 @@ while true; do
       net) echo "net $(ls /sys/class/net | tr '\n' ' ')" >&3 ;;
       cpus) echo "cpus $(cat /sys/devices/system/cpu/present)" >&3 ;;
       dirty) dd if=/dev/urandom of=/tmp/dirty bs=1M count="$arg" 2>/dev/null; echo "dirtied $arg" >&3 ;;
+      flood) for i in $(seq 1 "$arg"); do echo "console flood line $i"; done > /dev/console; echo "flooded $arg" >&3 ;;
       *) echo "unknown $cmd" >&3 ;;
     esac
   done
@@ -322,6 +323,40 @@ async def test_clone_runs_and_template_memory_unchanged(template: Template, tmp_
         await hv.stop_vm()
     assert_cleaned(hv)
     assert sha256_of(template.memory) == template.memory_sha256
+
+
+async def test_console_log_is_bounded_by_the_host(template: Template, tmp_path: Path,
+                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    """The guest prints at its own pace; what it prints lands on the host's tmpfs only up to
+    2 x the limit (log + one rotated part), and the tail still shows the newest lines."""
+    from shim.hypervisor import bounded_log
+
+    limit = 16 * 1024
+    monkeypatch.setattr(bounded_log, "DEFAULT_LIMIT", limit)
+    hv = await restore_clone(template, tmp_path, "flood")
+    try:
+        await hv.resume_vm()
+        guest = await GuestLine.connect(hv.paths.agent_socket)
+        await guest.ping(timeout=20)
+        assert await guest.ask("flood 6000", "flooded", timeout=120) == "flooded 6000"
+        await guest.close()
+        await guest_line_reached(hv, "console flood line 6000")
+        rotated = bounded_log.rotated(hv.paths.console_log)
+        assert hv.paths.console_log.stat().st_size <= limit
+        assert 0 < rotated.stat().st_size <= limit  # ~150 KB printed, 32 KiB kept
+        tail = hv.console_tail(lines=5).splitlines()
+        assert tail[-1] == "console flood line 6000", tail
+    finally:
+        await hv.stop_vm()
+    assert_cleaned(hv)
+    assert not bounded_log.rotated(hv.paths.console_log).exists()
+
+
+async def guest_line_reached(hv: QemuHypervisor, line: str, timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while line not in hv.console_tail(lines=5):
+        assert time.monotonic() < deadline, hv.console_tail()
+        await asyncio.sleep(0.1)
 
 
 async def test_pause_resume(template: Template, tmp_path: Path) -> None:

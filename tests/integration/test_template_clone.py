@@ -22,14 +22,14 @@ from shim.factory import tmpfs
 from shim.factory.build import destroy_template, init_template
 from shim.factory.cli import run_factory
 from shim.factory.digests import sha256_file
-from shim.factory.boot import make_hypervisor
+from shim.factory.boot import make_hypervisor, template_hypervisor_config
+from shim.factory.boot_nic import open_clone_tap
 from shim.factory.template import find_usable_template
 from shim.hypervisor.base import FileBackedMemoryConfig, HypervisorError, VmPaths
 from shim.oci import default_spec
 from shim.vmconfig.pod_resources import PodResources
 from shim.sandbox.sandbox import Sandbox
 from shim.sandbox.state import list_sandboxes, read_boot_path
-from shim.vmconfig.hypervisor_config import hypervisor_config
 from shim.ttrpc import Client
 
 from template_support import factory_config  # same directory (pytest puts it on sys.path)
@@ -155,11 +155,16 @@ async def test_first_health_check_of_a_clone_is_answered(config: GraftConfig, te
     run_dir = config.state_dir / "sandboxes" / f"tpl-first-{int(connect_after_s * 1000)}"
     paths = VmPaths(run_dir=run_dir, shared_dir=run_dir / "shared")
     paths.shared_dir.mkdir(parents=True)
-    hv = hypervisor_config(config, FileBackedMemoryConfig(tpl.memory_file, shared=False))
+    hv = template_hypervisor_config(config, FileBackedMemoryConfig(tpl.memory_file,
+                                                                   shared=False))
     vm = make_hypervisor(config, run_dir.name, hv, paths, None)
     agent: AgentClient | None = None
     try:
-        await vm.restore_vm(tpl.directory)
+        vm.boot_nic_fd = open_clone_tap(None, run_dir.name)  # the template's NIC
+        try:
+            await vm.restore_vm(tpl.directory)
+        finally:
+            os.close(vm.boot_nic_fd)
         await vm.resume_vm()
         await asyncio.sleep(connect_after_s)
         agent = AgentClient(Client(*await vm.open_agent_stream()))

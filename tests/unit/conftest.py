@@ -50,7 +50,7 @@ def each_runtime(request) -> str:
 
 @pytest_asyncio.fixture
 async def agent(agent_process):
-    """A ttrpc client of the module's agent_process."""
+    """A ttrpc client of the module's agent process."""
     from agent_harness import AgentClient
 
     client = await AgentClient.connect(agent_process)

@@ -144,6 +144,25 @@ async def test_interfaces_and_routes(agent, agent_process):
     assert err.value.code == Code.INVALID_ARGUMENT
 
 
+async def test_a_restored_nic_is_given_the_pods_mac(agent, agent_process):
+    """The NIC a template VM was built with carries the template's MAC: the agent finds it by
+    that MAC and gives it the pod's (plus name, MTU, address)."""
+    template_mac, pod_mac = "02:67:72:61:66:74", "0a:58:0a:de:01:07"
+    in_agent_netns(agent_process, "ip", "link", "add", "gtpl0", "address", template_mac,
+                   "type", "veth", "peer", "name", "gtpl1")
+    iface = await agent.call("UpdateInterface", pb.UpdateInterfaceRequest(
+        interface=pb.Interface(name="eth3", hw_addr=pod_mac, mtu=1450,
+                               addresses=[pb.IPAddress(address="10.8.0.5", prefix_len=24)]),
+        match_hw_addr=template_mac.upper()))
+    assert (iface.name, iface.hw_addr, iface.mtu) == ("eth3", pod_mac, 1450)
+    shown = in_agent_netns(agent_process, "ip", "link", "show", "eth3")
+    assert pod_mac in shown and template_mac not in shown
+    with pytest.raises(TtrpcError) as err:  # nothing carries the template MAC any more
+        await agent.call("UpdateInterface", pb.UpdateInterfaceRequest(
+            interface=pb.Interface(hw_addr=pod_mac), match_hw_addr=template_mac), timeout=20)
+    assert err.value.code == Code.NOT_FOUND
+
+
 async def test_unknown_mac_is_not_found(agent):
     with pytest.raises(TtrpcError) as err:
         await agent.call("UpdateInterface", pb.UpdateInterfaceRequest(interface=pb.Interface(

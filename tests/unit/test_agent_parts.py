@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+import socket
 import time
 import tty
 
@@ -15,9 +16,9 @@ from graft_agent import config as agent_config
 from graft_agent.cgroup import UNLIMITED, Cgroup
 from graft_agent import channel
 from graft_agent.channel import PortStreams, find_port, serve_port
-from graft_agent.errors import FailedPrecondition
+from graft_agent.errors import FailedPrecondition, InvalidArgument
 from graft_agent.iostreams import InputStream, OutputStream
-from graft_agent.network import Route, parse_routes, route_args
+from graft_agent.network import Route, _check_route
 from graft_agent.oci_runtime import read_log_errors
 from graft_agent.oom import OomMonitor
 from graft_agent.reaper import ChildReaper
@@ -158,17 +159,25 @@ async def test_input_stream_close_and_broken_pipe():
 
     r, w = os.pipe()
     stdin = InputStream(w, is_tty=False)
-    writing = asyncio.ensure_future(stdin.write(b"y" * 200_000))  # more than a pipe holds
+    data = b"y" * 200_000  # more than a pipe holds: writes return what went in
+    first = await stdin.write(data)
+    assert 0 < first < len(data)
+    writing = asyncio.ensure_future(stdin.write(data[first:]))
     await asyncio.sleep(0.05)
-    assert not writing.done()
+    assert not writing.done()  # the pipe is full: waits for the reader
     chunks = b""
     os.set_blocking(r, False)
-    while len(chunks) < 200_000:
+    sent = first
+    while len(chunks) < len(data):
         try:
             chunks += os.read(r, 65536)
         except BlockingIOError:
             await asyncio.sleep(0.01)
-    assert await writing == 200_000 and chunks == b"y" * 200_000
+        if writing.done():
+            sent += writing.result()
+            writing = asyncio.ensure_future(stdin.write(data[sent:]))
+    assert chunks == data and sent == len(data)
+    assert await writing == 0  # nothing was left to write
     os.close(r)
     with pytest.raises(FailedPrecondition):
         await stdin.write(b"nobody reads")
@@ -254,19 +263,22 @@ def test_runtime_log_errors(tmp_path):
     assert read_log_errors(str(tmp_path / "missing")) == ""
 
 
-def test_route_parsing_and_arguments():
-    text = ("default via 10.9.0.1 dev eth7 \n"
-            "10.9.0.0/24 dev eth7 scope link  src 10.9.0.2 \n"
-            "10.10.0.0/16 via 10.9.0.1 dev eth7  src 10.9.0.2 onlink\n"
-            "fd00::/64 dev eth7  metric 256 \n")
-    routes = parse_routes(text)
-    assert routes[0] == Route("default", "10.9.0.1", "eth7", "", 0)
-    assert routes[1] == Route("10.9.0.0/24", "", "eth7", "10.9.0.2", 253)
-    assert routes[2].gateway == "10.9.0.1" and routes[2].source == "10.9.0.2"
-    assert routes[3] == Route("fd00::/64", "", "eth7", "", 0)
-    assert route_args(Route("", "10.0.0.1", "eth0")) == ["route", "replace", "default", "via",
-                                                          "10.0.0.1", "dev", "eth0"]
-    assert route_args(Route("fd01::/64", "", "eth0", scope=253))[:4] == ["-6", "route", "replace", "fd01::/64"]
+@pytest.mark.parametrize("route, family", [
+    (Route("", "10.0.0.1", "eth0"), socket.AF_INET),
+    (Route("default", "fd00::1", "eth0"), socket.AF_INET6),
+    (Route("fd01::/64", "", "eth0", scope=253), socket.AF_INET6),
+    (Route("10.9.0.0/24", "", "eth0", "10.9.0.2", 253), socket.AF_INET),
+])
+def test_routes_are_checked_and_get_their_family(route, family):
+    assert _check_route(route)[1] == family
+
+
+@pytest.mark.parametrize("route", [Route("10.0.0.0/33"), Route("default", "not-an-ip"),
+                                   Route("10.0.0.0/8", "fd00::1"), Route("", "10.0.0.1", "bad/dev"),
+                                   Route("", "10.0.0.1", scope=7)])
+def test_bad_routes_are_invalid_arguments(route):
+    with pytest.raises(InvalidArgument):
+        _check_route(route)
 
 
 # -- the host channel ---------------------------------------------------------------------------

@@ -7,6 +7,7 @@ poweroff (reboot(2) from a PID namespace's init) just ends the namespace.
 
 from __future__ import annotations
 
+import asyncio
 import os
 import shutil
 import signal
@@ -39,6 +40,18 @@ class Pid1Agent(AgentProcess):
             if self.proc.poll() is not None or time.monotonic() > deadline:
                 raise RuntimeError(f"agent did not start:\n{self.log()}")
             time.sleep(0.02)
+
+    def power_off(self) -> int:
+        """SIGTERM ends serving; as PID 1 the agent then powers off (ending the namespace)."""
+        if self.proc.poll() is None:
+            os.kill(self.agent_pid(), signal.SIGTERM)
+        try:
+            rc = self.proc.wait(30)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            raise
+        self._log.close()
+        return rc
 
     def agent_pid(self) -> int:
         """Host pid of the agent (the child of `unshare --fork`)."""
@@ -77,15 +90,36 @@ async def test_pid1_duties_containers_and_poweroff(tmp_path, busybox_rootfs):
         await client.remove("as-init")
         await client.close()
     finally:
-        # SIGTERM ends serving; as PID 1 the agent then powers off (ending the namespace).
-        if agent.proc.poll() is None:
-            os.kill(agent.agent_pid(), signal.SIGTERM)
-        try:
-            rc = agent.proc.wait(30)
-        except subprocess.TimeoutExpired:
-            agent.proc.kill()
-            raise
-        agent._log.close()
+        rc = agent.power_off()
     log = agent.log()
     assert "agent server ended" in log, log
     assert rc in (-signal.SIGINT, 128 + signal.SIGINT), (rc, log)  # reboot(POWER_OFF) in a pid ns
+
+
+async def test_sigint_from_a_container_in_our_pid_namespace_is_ignored(tmp_path, busybox_rootfs):
+    """A container without its own PID namespace (CRI hostPID) sees the agent as PID 1:
+    `kill -INT 1` must not end the agent (which, as init, would power the VM off)."""
+    import json
+
+    from agent_harness import spec
+    from graft_agent.api import agent_pb2 as pb
+
+    agent = Pid1Agent(tmp_path)
+    agent.start()
+    try:
+        client = await AgentClient.connect(agent)
+        doc = json.loads(spec(["sh", "-c", "kill -INT 1 && echo sent"]))
+        doc["linux"]["namespaces"] = [ns for ns in doc["linux"]["namespaces"] if ns["type"] != "pid"]
+        await client.call("CreateContainer", pb.CreateContainerRequest(
+            container_id="hostpid", oci_spec_json=json.dumps(doc).encode(),
+            rootfs_path=str(busybox_rootfs)))
+        await client.start("hostpid")
+        assert await client.read_all("hostpid") == b"sent\n"
+        assert await client.wait("hostpid") == 0
+        await asyncio.sleep(0.5)
+        assert agent.proc.poll() is None, agent.log()
+        assert (await client.call("Check", pb.CheckRequest())).status == pb.HealthCheckResponse.SERVING
+        await client.remove("hostpid")
+        await client.close()
+    finally:
+        agent.power_off()

@@ -7,6 +7,7 @@ import logging
 from pathlib import Path
 
 import pytest
+from types import SimpleNamespace
 
 from shim.config import GraftConfig, parse_config
 from shim.factory import boot, template as template_mod
@@ -90,6 +91,7 @@ async def test_cancellation_is_not_turned_into_a_cold_boot(
 class FakeVm:
     def __init__(self) -> None:
         self.calls: list[str] = []
+        self.boot_nic_fd = None
 
     async def restore_vm(self, directory: Path) -> None:
         self.calls.append("restore")
@@ -115,7 +117,8 @@ class AgentFailingReseed:
 async def test_failed_clone_refresh_stops_the_clone_and_closes_its_agent(
         config, paths, tmp_path, monkeypatch) -> None:
     vm, agent = FakeVm(), AgentFailingReseed()
-    monkeypatch.setattr(boot, "hypervisor_config", lambda *a, **k: None)
+    monkeypatch.setattr(boot, "template_hypervisor_config",
+                        lambda *a, **k: SimpleNamespace(boot_nic_mac=""))
     monkeypatch.setattr(boot, "make_hypervisor", lambda *a: vm)
 
     async def connected(*args, **kwargs):

@@ -15,8 +15,8 @@ from pathlib import Path
 import pytest
 from google.protobuf import empty_pb2
 
-from shim.api.containerd import (EVENTS_SERVICE_NAME, TASK_SERVICE, events_pb2,
-                                 events_service_pb2, shim_pb2 as pb)
+from shim.api.containerd import (EVENTS_SERVICE_NAME, SANDBOX_SERVICE, TASK_SERVICE, events_pb2,
+                                 events_service_pb2, sandbox_pb2, shim_pb2 as pb)
 from shim.shim_manager import delete as delete_mod
 from shim.shim_manager.args import Action, ShimArgs
 from shim.shim_manager.daemon import Daemon
@@ -48,6 +48,14 @@ def _listener(path: Path) -> socket.socket:
     sock.listen(16)
     sock.setblocking(False)
     return sock
+
+
+async def end_daemon(daemon: Daemon, run: asyncio.Future, client: Client) -> None:
+    """Test teardown: hang up, and stop the daemon if the test did not get it to exit."""
+    await client.close()
+    if not run.done():
+        daemon.request_stop()
+        await run
 
 
 @pytest.fixture
@@ -84,10 +92,7 @@ async def test_ctr_flow_through_the_daemon_events_and_shutdown(daemon_env, tmp_p
         await call("Shutdown", pb.ShutdownRequest(id="c1"), empty_pb2.Empty)
         await asyncio.wait_for(run, 10)
     finally:
-        await client.close()
-        if not run.done():
-            daemon.request_stop()
-            await run
+        await end_daemon(daemon, run, client)
         await events.server.close()
     assert not shim_sock.exists()
     assert backend.closed
@@ -146,27 +151,35 @@ class _TaskRecorder:
         self.calls.append(f"Delete {req.id}")
         return pb.DeleteResponse(exit_status=137)
 
+    async def ShutdownSandbox(self, req):
+        self.calls.append(f"ShutdownSandbox {req.sandbox_id}")
+        return sandbox_pb2.ShutdownSandboxResponse()
+
 
 @pytest.mark.parametrize("hang_wait", [False, True])
-async def test_delete_asks_a_live_daemon_to_kill_wait_delete_within_budget(tmp_path, hang_wait):
+@pytest.mark.parametrize("is_sandbox", [False, True])
+async def test_delete_asks_a_live_daemon_to_kill_wait_delete_within_budget(tmp_path, hang_wait,
+                                                                          is_sandbox):
     recorder = _TaskRecorder(hang_wait)
     server = Server()
     server.register_service(TASK_SERVICE, recorder)
+    server.register_service(SANDBOX_SERVICE, recorder)
     path = tmp_path / "shim.sock"
     await server.serve_unix(str(path))
     try:
         started = time.monotonic()
-        await delete_mod._ask_daemon(path, "c1")
+        await delete_mod._ask_daemon(path, "c1", is_sandbox)
         elapsed = time.monotonic() - started
     finally:
         await server.close()
     assert elapsed < delete_mod.DAEMON_BUDGET_SECONDS + 0.5
-    assert recorder.calls == ["Kill c1 9 True", "Wait c1", "Delete c1"]
+    first = ["ShutdownSandbox c1"] if is_sandbox else []  # a Sandbox API pod ends first
+    assert recorder.calls == [*first, "Kill c1 9 True", "Wait c1", "Delete c1"]
 
 
 async def test_delete_with_no_daemon_returns_at_once(tmp_path):
     started = time.monotonic()
-    await delete_mod._ask_daemon(tmp_path / "nobody.sock", "c1")
+    await delete_mod._ask_daemon(tmp_path / "nobody.sock", "c1", True)
     assert time.monotonic() - started < 1
 
 

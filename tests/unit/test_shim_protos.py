@@ -19,6 +19,18 @@ def test_task_service_has_all_17_methods_and_modules_coexist():
     assert status_pb2.Status.DESCRIPTOR.full_name == "google.rpc.Status"
 
 
+def test_sandbox_service_has_its_nine_methods_and_shares_the_task_mount_type():
+    from shim.api.containerd import SANDBOX_SERVICE, mount_pb2, sandbox_pb2
+
+    assert [m.name for m in SANDBOX_SERVICE.methods] == [
+        "CreateSandbox", "StartSandbox", "Platform", "StopSandbox", "WaitSandbox",
+        "SandboxStatus", "PingSandbox", "ShutdownSandbox", "SandboxMetrics"]
+    assert SANDBOX_SERVICE.full_name == "containerd.runtime.sandbox.v1.Sandbox"
+    rootfs = sandbox_pb2.CreateSandboxRequest.DESCRIPTOR.fields_by_name["rootfs"]
+    assert rootfs.message_type is mount_pb2.Mount.DESCRIPTOR  # one containerd.types.Mount
+    platform = sandbox_pb2.PlatformResponse.DESCRIPTOR.fields_by_name["platform"].message_type
+    assert platform.fields_by_name["os_version"].number == 4  # the 2.x message, not 1.6's
+
 def test_gogo_cleanup_keeps_other_options():
     text = '''syntax = "proto3";
 import weak "gogoproto/gogo.proto";
