@@ -59,7 +59,9 @@ KEYS: tuple[Key, ...] = (
         check=lambda v: v >= 0),
     Key("guest", "image_dir", "/var/lib/graft/guest", str,
         "Directory holding vmlinux and initrd.img from `graft guest build`."),
-    Key("agent", "runtime", "crun", str, "OCI runtime used inside the guest.", ("crun", "runc")),
+    Key("agent", "runtime", "native", str,
+        "Container runtime inside the guest: native (the agent creates container processes "
+        "itself), or the crun/runc binary.", ("native", "crun", "runc")),
     Key("agent", "boot_timeout_s", 60.0, float,
         "Seconds to wait for the agent to answer after launch.", check=_positive),
     Key("runtime", "state_dir", "/run/graft", str,

@@ -34,7 +34,7 @@ from shim.ttrpc import Code, TtrpcError
 from .backend import ContainerConfig, PodVm
 from .bundle import ContainerKind, hostname, network_namespace
 from .errors import FailedPrecondition, NotFound, Unavailable
-from .guest_spec import HostBind, guest_spec
+from .guest_spec import HostBind, check_sandbox_namespaces, guest_spec
 from .guest_undo import GuestUndo, ignoring_gone
 from .metrics import metrics_from_agent, vm_metrics
 from .process import ExitInfo
@@ -200,6 +200,7 @@ class VmBackend:
     async def create_container(self, config: ContainerConfig) -> int:
         self.timeline.mark(f"{config.id} create")
         if config.kind in (ContainerKind.POD_VM, ContainerKind.SINGLE):
+            check_sandbox_namespaces(config.spec)
             await self._launch(_pod_vm(config))
             self._vm_owned_by_task = True
         elif self._sandbox is None or config.sandbox_id != self._sandbox_id:
@@ -214,7 +215,8 @@ class VmBackend:
             self._expose_binds(config.id, binds)
             guest_rootfs = self._sandbox.add_container_rootfs(config.id, config.rootfs)
             await self._undo.call((config.id, ""), self.agent.create_container(
-                config.id, json.dumps(spec).encode(), guest_rootfs, stdin=config.stdio.has_stdin),
+                config.id, json.dumps(spec).encode(), guest_rootfs, stdin=config.stdio.has_stdin,
+                runtime=self._sandbox.config.get("agent", "runtime")),
                 undo=lambda: ignoring_gone(self.agent.remove_container(config.id, force=True)))
             self.timeline.mark(f"{config.id} created")
         except BaseException:
