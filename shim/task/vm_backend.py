@@ -214,6 +214,7 @@ class VmBackend:
             spec, binds = guest_spec(config.spec, f"{GUEST_SHARE_MOUNT}/{_MOUNTS_DIR}/{config.id}")
             self._expose_binds(config.id, binds)
             guest_rootfs = self._sandbox.add_container_rootfs(config.id, config.rootfs)
+            self.timeline.mark(f"{config.id} rootfs ready")
             await self._undo.call((config.id, ""), self.agent.create_container(
                 config.id, json.dumps(spec).encode(), guest_rootfs, stdin=config.stdio.has_stdin,
                 runtime=self._sandbox.config.get("agent", "runtime")),
