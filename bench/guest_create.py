@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """The guest's side of a pod's start in clones restored from a template, RPC by RPC.
 
-    python3 bench/guest_create.py [--pods 5] [--runtime native] [--config FILE]
+    python3 bench/guest_create.py [--pods 5] [--runtime native] [--console-dir DIR] [--config FILE]
 
 A template is built (`graft factory init`, in a private state dir); then, per pod, a fresh
 clone is restored and the host drives the agent as the shim does for a CRI pod, timing each
@@ -34,7 +34,8 @@ from shim.config import GraftConfig, load_config  # noqa: E402
 from shim.factory.boot import boot_vm  # noqa: E402
 from shim.factory.boot_nic import TEMPLATE_MAC  # noqa: E402
 from shim.factory.build import destroy_template, init_template  # noqa: E402
-from shim.hypervisor.base import VmPaths  # noqa: E402
+from shim.hypervisor.accel import resolve_accelerator  # noqa: E402
+from shim.hypervisor.base import Accelerator, VmPaths  # noqa: E402
 from shim.mounts import bind_mount, mount_tmpfs  # noqa: E402
 from shim.sandbox.sandbox import GUEST_SHARE_MOUNT, SHARE_ROOT_BYTES, Sandbox  # noqa: E402
 from shim.sandbox.state import SandboxRef, run_dir  # noqa: E402
@@ -150,7 +151,7 @@ async def _timed(call) -> float:
 
 
 async def one_pod(config: GraftConfig, index: int, rootfs: Path, files: Path,
-                  runtime: str) -> dict[str, float]:
+                  runtime: str, keep_console: Path | None) -> dict[str, float]:
     ref = SandboxRef.of(f"gcb-{index}")
     paths = VmPaths(run_dir=run_dir(config, ref), shared_dir=run_dir(config, ref) / "shared")
     paths.shared_dir.mkdir(parents=True, mode=0o700)
@@ -169,10 +170,14 @@ async def one_pod(config: GraftConfig, index: int, rootfs: Path, files: Path,
             out[f"second container: {name}"] = seconds
         return out
     finally:
+        if keep_console is not None:   # the agent's log (the run dir goes with the pod)
+            keep_console.mkdir(parents=True, exist_ok=True)
+            shutil.copy(paths.run_dir / "console.log", keep_console / f"{ref.id}.log")
         await box.stop()
 
 
-async def main_async(pods: int, runtime: str, config_path: str | None) -> dict:
+async def main_async(pods: int, runtime: str, config_path: str | None,
+                     keep_console: Path | None) -> dict:
     base = load_config(config_path)
     with tempfile.TemporaryDirectory(prefix="ggc-", dir="/run") as tmp:
         config = base.with_values({("runtime", "state_dir"): f"{tmp}/s",
@@ -184,7 +189,7 @@ async def main_async(pods: int, runtime: str, config_path: str | None) -> dict:
         files = pod_files(Path(tmp) / "pod", "bench")
         built = await init_template(config)
         try:
-            samples = [await one_pod(config, i, rootfs, files, runtime) for i in range(pods)]
+            samples = [await one_pod(config, i, rootfs, files, runtime, keep_console) for i in range(pods)]
         finally:
             destroy_template(config)
             shutil.rmtree(f"{tmp}/s", ignore_errors=True)
@@ -192,7 +197,7 @@ async def main_async(pods: int, runtime: str, config_path: str | None) -> dict:
         "benchmark": "guest_create_in_clones",
         "pods": pods,
         "runtime": runtime or "(default)",
-        "accelerator": config.get("hypervisor", "accelerator"),
+        "accelerator": resolve_accelerator(Accelerator(config.get("hypervisor", "accelerator"))).value,
         "template_init_s": round(built.seconds, 2),
         "median_s": {name: round(statistics.median(s[name] for s in samples), 4)
                      for name in samples[0]},
@@ -205,8 +210,10 @@ def main() -> None:
     ap.add_argument("--pods", type=int, default=5)
     ap.add_argument("--runtime", default="", help="guest runtime (default: the agent's)")
     ap.add_argument("--config")
+    ap.add_argument("--console-dir", type=Path, help="keep each clone's console log there")
     args = ap.parse_args()
-    print(json.dumps(asyncio.run(main_async(args.pods, args.runtime, args.config)), indent=2))
+    print(json.dumps(asyncio.run(main_async(args.pods, args.runtime, args.config,
+                                            args.console_dir)), indent=2))
 
 
 if __name__ == "__main__":
