@@ -62,7 +62,7 @@ class ContainerManager:
         self._reaper = reaper
         self._oom = oom
         self._runtimes: dict[str, ContainerRuntime] = {}
-        self._pod = PodNamespaces(run_dir, reaper)
+        self.pod = PodNamespaces(run_dir, reaper)
         self._containers: dict[str, Container] = {}
         self._reserved: set[str] = set()
 
@@ -109,7 +109,7 @@ class ContainerManager:
         runtime = self.runtime(runtime_name)
         spec = bundle.container_spec(spec_json, rootfs_path,
                                      f"{self._cgroup_parent}/{container_id}")
-        self._pod.ensure(self._pod.adapt(spec))
+        self.pod.ensure(self.pod.adapt(spec))
         self._reserved.add(container_id)
         bundle_dir = os.path.join(self._bundles_dir, container_id)
         container = Container(container_id, runtime, bundle_dir)
@@ -269,7 +269,7 @@ class ContainerManager:
                 await self.remove(container_id, force=True)
             except Exception as exc:  # keep going: free as much as possible
                 log.error("removing container %s failed: %s", container_id, exc)
-        await self._pod.destroy()
+        await self.pod.destroy()
 
     async def _delete_runtime_state(self, container: Container, force: bool) -> None:
         try:

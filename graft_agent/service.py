@@ -48,7 +48,7 @@ class AgentService:
 
     @_edge
     async def CreateSandbox(self, req: pb.CreateSandboxRequest) -> _EMPTY:
-        self._agent.sandbox.create(req.sandbox_id, req.hostname, req.share_mount_tag,
+        self._agent.create_sandbox(req.sandbox_id, req.hostname, req.share_mount_tag,
                                    req.share_mount_point, list(req.dns))
         return _EMPTY()
 
