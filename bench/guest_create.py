@@ -1,13 +1,15 @@
 #!/usr/bin/env python3
 """The guest's side of a pod's start in clones restored from a template, RPC by RPC.
 
-    python3 bench/guest_create.py [--pods 5] [--runtime native] [--console-dir DIR] [--config FILE]
+    python3 bench/guest_create.py [--pods 5] [--pool] [--runtime native] [--console-dir DIR]
+                                  [--config FILE]
 
 A template is built (`graft factory init`, in a private state dir); then, per pod, a fresh
 clone is restored and the host drives the agent as the shim does for a CRI pod, timing each
 agent call: UpdateInterface + UpdateRoutes (the template's NIC, given a pod MAC and address),
 CreateSandbox, then for the pod's first container and for a second one CreateContainer,
-StartContainer and the first line of output. The container's spec is what containerd 1.6's
+StartContainer and the first line of output. With --pool each clone first gets the agent's
+WarmUp call, as a warm pool's clones do while they wait (not timed: before the pod). The container's spec is what containerd 1.6's
 CRI writes for a pod container (pod PID/IPC/UTS namespaces, /etc/hostname, /etc/hosts and
 /etc/resolv.conf bound from the host, the sandbox's /dev/shm, a deny-all device rule),
 translated by the shim's guest_spec. Prints one JSON object with the medians.
@@ -151,7 +153,7 @@ async def _timed(call) -> float:
 
 
 async def one_pod(config: GraftConfig, index: int, rootfs: Path, files: Path,
-                  runtime: str, keep_console: Path | None) -> dict[str, float]:
+                  runtime: str, pool: bool, keep_console: Path | None) -> dict[str, float]:
     ref = SandboxRef.of(f"gcb-{index}")
     paths = VmPaths(run_dir=run_dir(config, ref), shared_dir=run_dir(config, ref) / "shared")
     paths.shared_dir.mkdir(parents=True, mode=0o700)
@@ -162,6 +164,8 @@ async def one_pod(config: GraftConfig, index: int, rootfs: Path, files: Path,
     box = Sandbox(ref, config, paths, booted.hypervisor, booted.agent, booted.boot_path)
     pod = Pod(box, files, runtime)
     try:
+        if pool:
+            await box.agent.warm_up()
         out = await pod.network(index)
         out["CreateSandbox"] = await pod.create_sandbox()
         for name, seconds in (await pod.container("c1", rootfs)).items():
@@ -176,7 +180,7 @@ async def one_pod(config: GraftConfig, index: int, rootfs: Path, files: Path,
         await box.stop()
 
 
-async def main_async(pods: int, runtime: str, config_path: str | None,
+async def main_async(pods: int, runtime: str, pool: bool, config_path: str | None,
                      keep_console: Path | None) -> dict:
     base = load_config(config_path)
     with tempfile.TemporaryDirectory(prefix="ggc-", dir="/run") as tmp:
@@ -189,7 +193,7 @@ async def main_async(pods: int, runtime: str, config_path: str | None,
         files = pod_files(Path(tmp) / "pod", "bench")
         built = await init_template(config)
         try:
-            samples = [await one_pod(config, i, rootfs, files, runtime, keep_console) for i in range(pods)]
+            samples = [await one_pod(config, i, rootfs, files, runtime, pool, keep_console) for i in range(pods)]
         finally:
             destroy_template(config)
             shutil.rmtree(f"{tmp}/s", ignore_errors=True)
@@ -197,6 +201,7 @@ async def main_async(pods: int, runtime: str, config_path: str | None,
         "benchmark": "guest_create_in_clones",
         "pods": pods,
         "runtime": runtime or "(default)",
+        "clones": "warm pool (WarmUp before the pod)" if pool else "restored for the pod",
         "accelerator": resolve_accelerator(Accelerator(config.get("hypervisor", "accelerator"))).value,
         "template_init_s": round(built.seconds, 2),
         "median_s": {name: round(statistics.median(s[name] for s in samples), 4)
@@ -208,11 +213,12 @@ async def main_async(pods: int, runtime: str, config_path: str | None,
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--pods", type=int, default=5)
+    ap.add_argument("--pool", action="store_true", help="WarmUp each clone first, as a warm pool")
     ap.add_argument("--runtime", default="", help="guest runtime (default: the agent's)")
     ap.add_argument("--config")
     ap.add_argument("--console-dir", type=Path, help="keep each clone's console log there")
     args = ap.parse_args()
-    print(json.dumps(asyncio.run(main_async(args.pods, args.runtime, args.config,
+    print(json.dumps(asyncio.run(main_async(args.pods, args.runtime, args.pool, args.config,
                                             args.console_dir)), indent=2))
 
 

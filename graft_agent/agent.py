@@ -38,6 +38,15 @@ class Agent:
 
         self._warmup = asyncio.ensure_future(warm(self))
 
+    async def warm_up_clone(self) -> None:
+        from .errors import FailedPrecondition
+        from .warmup import warm_clone
+
+        await self.ready()
+        if self.sandbox.created:
+            raise FailedPrecondition("the VM already serves a pod")
+        await warm_clone(self)
+
     async def ready(self) -> None:
         if self._warmup is not None:
             await asyncio.shield(self._warmup)

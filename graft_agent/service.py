@@ -217,6 +217,11 @@ class AgentService:
                                                        self._agent.started_at))
 
     @_edge
+    async def WarmUp(self, req: _EMPTY) -> _EMPTY:
+        await self._agent.warm_up_clone()
+        return _EMPTY()
+
+    @_edge
     async def Check(self, req: pb.CheckRequest) -> pb.HealthCheckResponse:
         await self._agent.ready()
         return pb.HealthCheckResponse(status=pb.HealthCheckResponse.SERVING)

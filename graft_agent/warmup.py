@@ -57,6 +57,14 @@ async def warm(agent) -> None:
         await _throwaway_container(agent.containers, os.path.join(agent.config.run_dir, "warmup"))
 
 
+async def warm_clone(agent) -> None:
+    """A restored clone's share: the throwaway container (and netlink dumps) again."""
+    if agent.containers.runtime("").name == "native":
+        await _throwaway_container(agent.containers, os.path.join(agent.config.run_dir, "warmup"))
+    await agent.network.list_links()
+    await agent.network.list_routes()
+
+
 def throwaway_spec(busybox: str) -> dict:
     """A pod container's spec as CRI writes it (pod IPC and UTS namespaces, /dev/shm, kubelet's
     masked and read-only paths), running `sh -c :` from the guest's busybox."""
