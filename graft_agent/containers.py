@@ -109,6 +109,15 @@ class ContainerManager:
         runtime = self.runtime(runtime_name)
         spec = bundle.container_spec(spec_json, rootfs_path,
                                      f"{self._cgroup_parent}/{container_id}")
+        rootfs_pin = bundle.open_rootfs(rootfs_path)
+        try:
+            await self._create(container_id, runtime, spec, want_stdin)
+        finally:
+            os.close(rootfs_pin)
+        return self._containers[container_id].init.pid
+
+    async def _create(self, container_id: str, runtime: ContainerRuntime, spec: dict,
+                      want_stdin: bool) -> None:
         self.pod.ensure(self.pod.adapt(spec))
         self._reserved.add(container_id)
         bundle_dir = os.path.join(self._bundles_dir, container_id)
@@ -128,7 +137,6 @@ class ContainerManager:
         container.init.on_exit(lambda _: self._on_init_exit(container))
         self._containers[container_id] = container
         log.info("created container %s (%s, pid %d)", container_id, runtime.name, container.init.pid)
-        return container.init.pid
 
     async def _launch(self, process: Process, want_stdin: bool, runtime_call) -> None:
         """Start `process` with runtime_call(ProcessIO) (a runtime's create/exec), wiring its
