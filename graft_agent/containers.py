@@ -125,20 +125,21 @@ class ContainerManager:
         try:
             os.makedirs(bundle_dir, mode=0o700)
             container.init.terminal = bool(spec["process"].get("terminal"))
-            await self._launch(container.init, want_stdin, lambda io: runtime.create(
+            launched = await self._launch(container.init, want_stdin, lambda io: runtime.create(
                 container_id, bundle_dir, spec, io))
         except BaseException:
             await self._discard_failed(container)
             self._reserved.discard(container_id)
             raise
         self._reserved.discard(container_id)
-        container.cgroup = Cgroup(cgroup_of(container.init.pid) or spec["linux"]["cgroupsPath"])
+        container.cgroup = Cgroup(launched.cgroup or cgroup_of(container.init.pid)
+                                  or spec["linux"]["cgroupsPath"])
         self._oom.watch(container_id, container.cgroup)
         container.init.on_exit(lambda _: self._on_init_exit(container))
         self._containers[container_id] = container
         log.info("created container %s (%s, pid %d)", container_id, runtime.name, container.init.pid)
 
-    async def _launch(self, process: Process, want_stdin: bool, runtime_call) -> None:
+    async def _launch(self, process: Process, want_stdin: bool, runtime_call) -> Launched:
         """Start `process` with runtime_call(ProcessIO) (a runtime's create/exec), wiring its
         stdio or terminal, and bind the pid it reports."""
         if process.terminal:
@@ -155,6 +156,7 @@ class ContainerManager:
             finally:
                 wiring.close_child_ends()
         process.adopt(launched.pid, launched.exit)
+        return launched
 
     def _on_init_exit(self, container: Container) -> None:
         container.status = STOPPED

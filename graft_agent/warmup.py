@@ -17,7 +17,7 @@ import json
 import logging
 import os
 
-from .fsutil import remove_tree, which
+from .fsutil import remove_tree, which, write_text
 from .pod_paths import POD_NAMESPACES, POD_SHM
 
 log = logging.getLogger(__name__)
@@ -25,6 +25,7 @@ log = logging.getLogger(__name__)
 THROWAWAY_ID = "graft-agent-warmup"
 _WAIT_S = 30.0
 _NOSUID_NOEXEC_NODEV = ["nosuid", "noexec", "nodev"]
+_CRI_PATH = "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 # kubelet's defaults (what CRI containers carry unless privileged)
 _MASKED = ["/proc/acpi", "/proc/kcore", "/proc/keys", "/proc/latency_stats", "/proc/timer_list",
            "/proc/timer_stats", "/proc/sched_debug", "/proc/scsi", "/sys/firmware"]
@@ -67,11 +68,12 @@ async def warm_clone(agent) -> None:
 
 def throwaway_spec(busybox: str) -> dict:
     """A pod container's spec as CRI writes it (pod IPC and UTS namespaces, /dev/shm, kubelet's
-    masked and read-only paths), running `sh -c :` from the guest's busybox."""
+    masked and read-only paths, CRI's $PATH, HOME from /etc/passwd), running `sh -c :` from
+    the guest's busybox."""
     return {
         "ociVersion": "1.0.2",
         "process": {"user": {"uid": 0, "gid": 0, "additionalGids": [0]},
-                    "args": ["sh", "-c", ":"], "env": ["PATH=/bin", "HOSTNAME=warmup"],
+                    "args": ["sh", "-c", ":"], "env": [_CRI_PATH, "HOSTNAME=warmup"],
                     "cwd": "/",
                     "capabilities": {"bounding": _CAPS, "effective": _CAPS, "permitted": _CAPS}},
         "root": {"path": "rootfs"},
@@ -106,7 +108,8 @@ async def _throwaway_container(containers, directory: str) -> None:
         return
     rootfs = os.path.join(directory, "rootfs")
     try:
-        os.makedirs(rootfs, mode=0o755)
+        os.makedirs(os.path.join(rootfs, "etc"), mode=0o755)
+        write_text(os.path.join(rootfs, "etc", "passwd"), "root:x:0:0:root:/root:/bin/sh\n")
         spec = json.dumps(throwaway_spec(os.path.realpath(busybox))).encode()
         await containers.create(THROWAWAY_ID, spec, rootfs, False, "native")
         try:
