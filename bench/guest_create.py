@@ -165,7 +165,7 @@ async def one_pod(config: GraftConfig, index: int, rootfs: Path, files: Path,
     pod = Pod(box, files, runtime)
     try:
         if pool:
-            await box.agent.warm_up()
+            await box.agent.warm_up(box.vm.config.share_mount_tag)
         out = await pod.network(index)
         out["CreateSandbox"] = await pod.create_sandbox()
         for name, seconds in (await pod.container("c1", rootfs)).items():

@@ -38,14 +38,14 @@ class Agent:
 
         self._warmup = asyncio.ensure_future(warm(self))
 
-    async def warm_up_clone(self) -> None:
+    async def warm_up_clone(self, share_tag: str) -> None:
+        from .clone_warmup import warm_clone
         from .errors import FailedPrecondition
-        from .warmup import warm_clone
 
         await self.ready()
         if self.sandbox.created:
             raise FailedPrecondition("the VM already serves a pod")
-        await warm_clone(self)
+        await warm_clone(self, share_tag)
 
     async def ready(self) -> None:
         if self._warmup is not None:

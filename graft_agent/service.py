@@ -217,8 +217,8 @@ class AgentService:
                                                        self._agent.started_at))
 
     @_edge
-    async def WarmUp(self, req: _EMPTY) -> _EMPTY:
-        await self._agent.warm_up_clone()
+    async def WarmUp(self, req: pb.WarmUpRequest) -> _EMPTY:
+        await self._agent.warm_up_clone(req.share_mount_tag)
         return _EMPTY()
 
     @_edge

@@ -55,15 +55,7 @@ async def warm(agent) -> None:
     except OSError as exc:
         log.warning("netlink: %s", exc)
     if runtime.name == "native":
-        await _throwaway_container(agent.containers, os.path.join(agent.config.run_dir, "warmup"))
-
-
-async def warm_clone(agent) -> None:
-    """A restored clone's share: the throwaway container (and netlink dumps) again."""
-    if agent.containers.runtime("").name == "native":
-        await _throwaway_container(agent.containers, os.path.join(agent.config.run_dir, "warmup"))
-    await agent.network.list_links()
-    await agent.network.list_routes()
+        await throwaway_container(agent.containers, os.path.join(agent.config.run_dir, "warmup"))
 
 
 def throwaway_spec(busybox: str) -> dict:
@@ -102,7 +94,7 @@ def throwaway_spec(busybox: str) -> dict:
     }
 
 
-async def _throwaway_container(containers, directory: str) -> None:
+async def throwaway_container(containers, directory: str) -> None:
     busybox = which("busybox")
     if busybox is None:
         return

@@ -111,10 +111,10 @@ async def prepare_warm_vm(config: GraftConfig, config_source: str) -> WarmVm:
 
 
 async def _warm_up_guest(warm: WarmVm) -> None:
-    """A clone's first container pays for what its VMM process does the first time (under
-    TCG: translating the guest's code again): the agent's throwaway container pays it now."""
+    """A clone's pod pays for what its VMM process does the first time (under TCG:
+    translating the guest's code again): the agent's WarmUp pays it now."""
     try:
-        await warm.booted.agent.warm_up()
+        await warm.booted.agent.warm_up(warm.booted.hypervisor.config.share_mount_tag)
     except TtrpcError as exc:   # e.g. an older agent: the pod's first container pays
         log.warning("warm VM: the guest's warm-up failed: %s", exc.message)
     except BaseException:

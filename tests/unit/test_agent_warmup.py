@@ -1,11 +1,13 @@
-"""The agent's warm-up (graft_agent/warmup.py) with the real agent on the host: the pod's
-namespaces and /dev/shm are ready before the first container, the throwaway container leaves
-nothing behind, WarmUp repeats it until the VM has a sandbox, and a pod hostname set after
-the namespaces were made reaches the pod's UTS namespace."""
+"""The agent's warm-ups (graft_agent/warmup.py, clone_warmup.py) with the real agent on the
+host: the pod's namespaces and /dev/shm are ready before the first container, the throwaway
+container leaves nothing behind, WarmUp repeats it until the VM has a sandbox and leaves a
+down NIC as it was, and a pod hostname set after the namespaces were made reaches the pod's
+UTS namespace. (WarmUp's 9p part runs against QEMU: tests/integration/test_clone_warmup.py.)"""
 from __future__ import annotations
 
 import json
 import shutil
+import subprocess
 
 import pytest
 
@@ -50,13 +52,13 @@ async def test_the_pod_is_ready_before_its_first_container(agent, agent_process)
 async def test_warm_up_again_until_there_is_a_sandbox(agent, agent_process):
     await agent.call("Check", pb.CheckRequest())
     before = warm_ups(agent_process)
-    await agent.call("WarmUp", pb.google_dot_protobuf_dot_empty__pb2.Empty())
+    await agent.call("WarmUp", pb.WarmUpRequest())
     assert warm_ups(agent_process) == before + 1
     assert_nothing_left_running(agent_process)
     await agent.call("CreateSandbox", pb.CreateSandboxRequest(sandbox_id="s1", hostname="pod-one"))
     try:
         with pytest.raises(TtrpcError) as refused:
-            await agent.call("WarmUp", pb.google_dot_protobuf_dot_empty__pb2.Empty())
+            await agent.call("WarmUp", pb.WarmUpRequest())
         assert refused.value.code is Code.FAILED_PRECONDITION
         assert warm_ups(agent_process) == before + 1
     finally:
@@ -87,3 +89,36 @@ async def test_the_pod_hostname_reaches_namespaces_made_before(tmp_path, busybox
         rc = agent_process.stop()
     assert rc == 0, agent_process.log()
     assert agent_process.leftovers() == [], agent_process.log()
+
+
+def _in_agent_netns(agent_process: AgentProcess, *argv: str) -> str:
+    return subprocess.run(["nsenter", "-t", str(agent_process.pid), "-n", *argv], check=True,
+                          capture_output=True, text=True).stdout
+
+
+def _flags(agent_process: AgentProcess, name: str) -> set[str]:
+    shown = _in_agent_netns(agent_process, "ip", "-o", "link", "show", name)
+    return set(shown.split("<", 1)[1].split(">", 1)[0].split(","))
+
+
+@pytest.mark.skipif(shutil.which("nsenter") is None or shutil.which("ip") is None,
+                    reason="needs nsenter and ip")
+async def test_warm_up_leaves_a_down_nic_down_and_bare(tmp_path):
+    agent_process = AgentProcess(tmp_path, runtime="native")
+    agent_process.start()
+    try:
+        client = await AgentClient.connect(agent_process)
+        _in_agent_netns(agent_process, "ip", "link", "add", "warm0", "type", "veth",
+                        "peer", "name", "warm1")
+        before = _flags(agent_process, "warm0")
+        assert "UP" not in before
+        await client.call("WarmUp", pb.WarmUpRequest())
+        links = {i.name: i for i in (await client.call(
+            "ListInterfaces", pb.google_dot_protobuf_dot_empty__pb2.Empty())).interfaces}
+        assert links["warm0"].addresses == links["warm1"].addresses == []
+        assert _flags(agent_process, "warm0") == _flags(agent_process, "warm1") == before
+        assert "UP" in _flags(agent_process, "lo")   # an up link is left alone
+        await client.close()
+    finally:
+        rc = agent_process.stop()
+    assert rc == 0, agent_process.log()
