@@ -71,6 +71,9 @@ KEYS: tuple[Key, ...] = (
         "Restore sandboxes from the template built by `graft factory init`, when valid."),
     Key("factory", "template_path", "/run/graft/template", str,
         "Template directory (a tmpfs sized guest memory + 8 MiB is mounted there)."),
+    Key("testing", "failpoints", False, bool,
+        "TEST ONLY, never on a node with real pods: lets a pod's io.graft.failpoint "
+        "annotation make the shim fail or die at a named create step (shim/failpoints.py)."),
 )
 
 

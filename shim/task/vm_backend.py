@@ -22,6 +22,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from shim import failpoints
 from shim.agent.client import AgentClient
 from shim.agent.pacing import MinInterval
 from shim.mounts import bind_mount, mounts_under, unmount_all_under
@@ -186,6 +187,7 @@ class VmBackend:
 
     async def create_container(self, config: ContainerConfig) -> int:
         self.timeline.mark(f"{config.id} create")
+        failpoints.arm(self._config_path, config.spec)
         if config.kind in (ContainerKind.POD_VM, ContainerKind.SINGLE):
             await self._launch(_pod_vm(config))
             self._vm_owned_by_task = True
@@ -200,10 +202,12 @@ class VmBackend:
             spec, binds = guest_spec(config.spec, f"{GUEST_SHARE_MOUNT}/{_MOUNTS_DIR}/{config.id}")
             self._expose_binds(config.id, binds)
             guest_rootfs = self._sandbox.add_container_rootfs(config.id, config.rootfs)
+            failpoints.reach(failpoints.ROOTFS_BOUND)
             await self._undo.call((config.id, ""), self.agent.create_container(
                 config.id, json.dumps(spec).encode(), guest_rootfs, stdin=config.stdio.has_stdin),
                 undo=lambda: ignoring_gone(self.agent.remove_container(config.id, force=True)))
             self.timeline.mark(f"{config.id} created")
+            failpoints.reach(failpoints.CONTAINER_CREATED)
         except BaseException:
             self._remove_binds(config.id)
             self._sandbox.remove_container_rootfs(config.id)
