@@ -14,6 +14,7 @@ Decisions:
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import shutil
@@ -198,6 +199,7 @@ class VmBackend:
         if config.kind is ContainerKind.POD_VM:
             return self._pid
         assert self._sandbox is not None
+        created = False
         try:
             spec, binds = guest_spec(config.spec, f"{GUEST_SHARE_MOUNT}/{_MOUNTS_DIR}/{config.id}")
             self._expose_binds(config.id, binds)
@@ -206,9 +208,13 @@ class VmBackend:
             await self._undo.call((config.id, ""), self.agent.create_container(
                 config.id, json.dumps(spec).encode(), guest_rootfs, stdin=config.stdio.has_stdin),
                 undo=lambda: ignoring_gone(self.agent.remove_container(config.id, force=True)))
+            created = True
             self.timeline.mark(f"{config.id} created")
             failpoints.reach(failpoints.CONTAINER_CREATED)
         except BaseException:
+            if created:  # a step after the guest's create failed: the guest must not keep it
+                with contextlib.suppress(Exception):
+                    await self.agent.remove_container(config.id, force=True)
             self._remove_binds(config.id)
             self._sandbox.remove_container_rootfs(config.id)
             self._kinds.pop(config.id, None)
