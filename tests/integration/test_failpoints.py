@@ -17,9 +17,10 @@ from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+HERE = Path(__file__).resolve().parent
+sys.path[:0] = [str(HERE), str(HERE.parents[1] / "hack" / "containerd")]
 
-from reliability_support import GraftNode  # noqa: E402
+from graft_node import GraftNode  # noqa: E402
 from testing import containerd, skip_or_fail, vm_missing  # noqa: E402,F401
 
 from shim import failpoints  # noqa: E402

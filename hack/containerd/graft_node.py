@@ -1,7 +1,8 @@
-"""One private containerd 1.6 + one graft state dir + one template, shared by a test module
-(fault injection, restarts, soak, exhaustion): the shim reads the graft config the node
-rewrites between tests (template on or off, failpoints allowed), CRI drives the pods, and
-NodeLeaks checks that nothing of any pod is left."""
+"""A node for graft's reliability tests and bench/soak.py: one private containerd 1.6 (its
+`Containerd` handle from testing.py), one graft state dir of its own and one template. The
+shim reads the graft config the node rewrites between pods (template on or off, failpoints
+allowed, hypervisor keys), CRI (e2e/cri_client.py) drives the pods, and NodeLeaks checks that
+nothing of any pod is left."""
 from __future__ import annotations
 
 import asyncio
@@ -13,8 +14,7 @@ import tempfile
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(ROOT / "hack" / "containerd"))
-sys.path.insert(0, str(ROOT / "e2e"))
+sys.path[:0] = [str(ROOT), str(ROOT / "hack" / "containerd"), str(ROOT / "e2e")]
 
 from leaks import NodeLeaks, mount_points  # noqa: E402
 from shim.config import GraftConfig, load_config  # noqa: E402
