@@ -176,3 +176,16 @@ def test_shim_killed_while_containerd_is_down(node):
     finally:
         node.remove_all_pods()
     leaks.assert_no_leaks()
+
+
+def test_short_soak(node):
+    """bench/soak.py in small: no failure, no leak, fds and RSS flat, the template unchanged."""
+    from soak import Soak
+
+    report = Soak(node).run(cycles=6, concurrent=4)
+    assert report["failures"] == 0, report["failure_details"]
+    assert report["leaks"] == 0, report["leak_details"]
+    assert report["template_unchanged"], report["template_files"]
+    assert report["concurrent"]["alive_at_once"] == 4
+    for name, usage in report["processes"].items():
+        assert usage["flat"] is True, (name, usage)
