@@ -35,11 +35,14 @@ class GraftNode:
     # -- the graft config the shim reads (runtime option ConfigPath) ----------------------------
 
     def configure(self, *, template: bool = True, failpoints: bool = False,
-                  **hypervisor: object) -> GraftConfig:
-        lines = ["[runtime]", 'log_level = "debug"', f'state_dir = "{self.state_dir}"', "",
-                 "[guest]", f'image_dir = "{self.guest_dir}"', "",
+                  state_dir: Path | None = None, guest_dir: Path | None = None,
+                  template_path: Path | None = None, **hypervisor: object) -> GraftConfig:
+        """Write the config every later pod start reads; what is not given is the node's."""
+        lines = ["[runtime]", 'log_level = "debug"',
+                 f'state_dir = "{state_dir or self.state_dir}"', "",
+                 "[guest]", f'image_dir = "{guest_dir or self.guest_dir}"', "",
                  "[factory]", f"enable_template = {str(template).lower()}",
-                 f'template_path = "{self.template_path}"']
+                 f'template_path = "{template_path or self.template_path}"']
         if failpoints:
             lines += ["", "[testing]", "failpoints = true"]
         if hypervisor:
@@ -96,8 +99,8 @@ class GraftNode:
             f.seek(mark)
             return f.read().decode(errors="replace")
 
-    def leak_check(self) -> NodeLeaks:
-        return NodeLeaks(self.containerd, self.state_dir)
+    def leak_check(self, state_dir: Path | None = None) -> NodeLeaks:
+        return NodeLeaks(self.containerd, state_dir or self.state_dir)
 
     def close(self) -> None:
         try:

@@ -96,11 +96,12 @@ def available_mib(meminfo: Path = Path("/proc/meminfo")) -> int:
     raise OSError(f"no MemAvailable in {meminfo}")
 
 
-def check_memory(guest_mib: int, meminfo: Path = Path("/proc/meminfo")) -> None:
+def check_memory(guest_mib: int, what: str = "another VM",
+                 meminfo: Path = Path("/proc/meminfo")) -> None:
     needed = guest_mib + VMM_OVERHEAD_MIB
     available = available_mib(meminfo)
     if needed > available:
         raise HostExhausted(
-            f"host memory too small for another VM: it needs {needed} MiB (guest RAM "
+            f"host memory too small for {what}: it needs {needed} MiB (guest RAM "
             f"{guest_mib} MiB + {VMM_OVERHEAD_MIB} MiB VMM overhead), the host has "
             f"{available} MiB available (MemAvailable)")
