@@ -104,16 +104,21 @@ class Sandbox:
         sandbox = cls(ref, config, paths, booted.hypervisor, booted.agent,
                       booted.boot_path, booted.size)
         sandbox.endpoint = endpoint
-        try:
-            sandbox._record_state(booted.seconds)
+        async def network() -> None:
             if endpoint is not None:
                 await sandbox._plug_network(endpoint, booted.nic_mac)
                 timeline.mark("nic ready")
+
+        async def guest_sandbox() -> None:
             await booted.agent.create_sandbox(
                 sandbox_id=ref.id, hostname=hostname or ref.id[:63],
                 share_mount_tag=booted.hypervisor.config.share_mount_tag,
                 share_mount_point=GUEST_SHARE_MOUNT, dns=dns)
             timeline.mark("sandbox ready")
+        try:
+            sandbox._record_state(booted.seconds)
+            # Independent in the guest: the pod's NIC, and its hostname, DNS and share.
+            await _all(network(), guest_sandbox())
         except BaseException:
             timeline.detach()
             await sandbox.stop()
@@ -218,6 +223,14 @@ class Sandbox:
             self._stopped.set()
         if failures:
             raise failures[0]
+
+
+async def _all(*steps) -> None:
+    """Run *steps* together; when one fails, wait for the others, then raise the first."""
+    results = await asyncio.gather(*steps, return_exceptions=True)
+    for result in results:
+        if isinstance(result, BaseException):
+            raise result
 
 
 async def _collect(failures: list[BaseException], step) -> None:
