@@ -147,6 +147,10 @@ async def adopt_warm_vm(warm: WarmVm, ref: SandboxRef, config: GraftConfig,
     timeline.attach(run_dir)
     timeline.mark("warm vm adopted")
     endpoint: PodEndpoint | None = None
+    # Everything the pod's identity needs runs together; all of it is done before the
+    # sandbox is returned (no container runs before the RNG is reseeded).
+    refreshing = asyncio.ensure_future(_marked(refresh_clone_identity(agent), timeline,
+                                               "clone identity refreshed"))
     wiring: asyncio.Future | None = None
     try:
         # The guest needs what CNI configured (MAC, addresses, routes), not the tap: it is
@@ -156,12 +160,11 @@ async def adopt_warm_vm(warm: WarmVm, ref: SandboxRef, config: GraftConfig,
             endpoint = endpoint_of(netns, pod)
             wiring = asyncio.ensure_future(_marked(asyncio.to_thread(
                 adopt_tap, netns, warm.tap_name, pod=pod), timeline, "network attached"))
-        await _marked(refresh_clone_identity(agent), timeline, "clone identity refreshed")
         warm.booted.size = await fit_to_request(vm, agent, resources or PodResources())
         timeline.mark("vm sized")
     except BaseException:
         timeline.detach()
-        await _settled(wiring)
+        await _settled(wiring, refreshing)
         if endpoint is not None:
             await asyncio.to_thread(detach_endpoint, endpoint.netns, endpoint.tap_name)
         await agent.close()
@@ -172,16 +175,18 @@ async def adopt_warm_vm(warm: WarmVm, ref: SandboxRef, config: GraftConfig,
         sandbox = await Sandbox.complete(ref, config, paths, warm.booted, endpoint, hostname,
                                          dns, timeline)
     except BaseException:
-        await _settled(wiring)  # complete() stopped the VM; the wiring's leftovers go too
+        await _settled(wiring, refreshing)  # complete() stopped the VM; wiring leftovers go
         if endpoint is not None:
             await asyncio.to_thread(detach_endpoint, endpoint.netns, endpoint.tap_name)
         raise
-    if wiring is not None:
-        try:
+    try:
+        await refreshing
+        if wiring is not None:
             await wiring
-        except BaseException:
-            await sandbox.stop()
-            raise
+    except BaseException:
+        await _settled(wiring)
+        await sandbox.stop()
+        raise
     return sandbox
 
 
@@ -194,9 +199,8 @@ def _discover(netns: Path):
         return None
 
 
-async def _settled(task: asyncio.Future | None) -> None:
-    if task is not None:
-        await asyncio.gather(task, return_exceptions=True)
+async def _settled(*tasks: asyncio.Future | None) -> None:
+    await asyncio.gather(*(t for t in tasks if t is not None), return_exceptions=True)
 
 
 async def _marked(step, timeline: Timeline, name: str):
