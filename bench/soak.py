@@ -33,7 +33,7 @@ import psutil
 ROOT = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(ROOT), str(ROOT / "hack" / "containerd"), str(ROOT / "e2e")]
 
-from graft_node import NAMESPACE, GraftNode  # noqa: E402
+from graft_node import NAMESPACE, GraftNode, template_node  # noqa: E402
 from leaks import shim_pids  # noqa: E402
 
 from shim.sandbox.state import SandboxRef, recorded_vmm, run_dir  # noqa: E402
@@ -255,16 +255,11 @@ def main() -> int:
     with tempfile.TemporaryDirectory(prefix="gsk-", dir="/tmp") as tmp:
         layout = private_containerd.Layout(Path(tmp))
         private_containerd.start(layout)
-        node = GraftNode(Containerd(layout))
         try:
-            node.configure(template=True)
-            node.build_template()
-            report = Soak(node).run(args.cycles, args.concurrent)
+            with template_node(Containerd(layout)) as node:
+                report = Soak(node).run(args.cycles, args.concurrent)
         finally:
-            try:
-                node.close()
-            finally:
-                private_containerd.purge(layout)
+            private_containerd.purge(layout)
     text = json.dumps(report, indent=2)
     print(text)
     if args.json:

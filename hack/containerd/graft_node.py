@@ -6,11 +6,13 @@ nothing of any pod is left."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import shutil
 import subprocess
 import sys
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -111,7 +113,7 @@ class GraftNode:
                     self._client.close()
             from shim.factory.build import destroy_template
 
-            destroy_template(self.config)
+            destroy_template(self.configure(template=True))  # the node's own template
         finally:
             for point in sorted((p for p in mount_points()
                                  if p.startswith(f"{self.state_dir}/")), key=len, reverse=True):
@@ -125,3 +127,15 @@ def _toml(value: object) -> str:
     if isinstance(value, str):
         return f'"{value}"'
     return str(value)
+
+
+@contextlib.contextmanager
+def template_node(containerd, **config: object) -> Iterator[GraftNode]:
+    """A node whose template is built (with *config*'s keys), closed afterwards."""
+    node = GraftNode(containerd)
+    try:
+        node.configure(template=True, **config)
+        node.build_template()
+        yield node
+    finally:
+        node.close()

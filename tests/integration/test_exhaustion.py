@@ -25,7 +25,7 @@ ROOT = Path(__file__).resolve().parents[2]
 sys.path[:0] = [str(ROOT / "hack" / "containerd")]
 
 import private_containerd  # noqa: E402
-from graft_node import GraftNode  # noqa: E402
+from graft_node import GraftNode, template_node  # noqa: E402
 from leaks import mount_points, vmm_pids  # noqa: E402
 from testing import containerd, skip_or_fail, vm_missing  # noqa: E402,F401
 
@@ -39,14 +39,8 @@ pytest.importorskip("cri_api.v1.api_pb2",
 @pytest.fixture(scope="module")
 def node(containerd):
     skip_or_fail(vm_missing())
-    node = GraftNode(containerd)
-    try:
-        node.configure(template=True)
-        node.build_template()
+    with template_node(containerd) as node:
         yield node
-    finally:
-        node.configure(template=True)  # close() destroys the template it names
-        node.close()
 
 
 def _refused(node: GraftNode, name: str, *expected: str, state_dir: Path | None = None) -> str:

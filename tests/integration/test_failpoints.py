@@ -20,7 +20,7 @@ import pytest
 HERE = Path(__file__).resolve().parent
 sys.path[:0] = [str(HERE), str(HERE.parents[1] / "hack" / "containerd")]
 
-from graft_node import GraftNode  # noqa: E402
+from graft_node import GraftNode, template_node  # noqa: E402
 from testing import containerd, skip_or_fail, vm_missing  # noqa: E402,F401
 
 from shim import failpoints  # noqa: E402
@@ -44,13 +44,8 @@ RESTORE_STEPS = (failpoints.VM_RESTORED, failpoints.VM_RESUMED)
 @pytest.fixture(scope="module")
 def node(containerd):
     skip_or_fail(vm_missing())
-    node = GraftNode(containerd)
-    try:
-        node.configure(template=True, failpoints=True)
-        node.build_template()
+    with template_node(containerd, failpoints=True) as node:
         yield node
-    finally:
-        node.close()
 
 
 def _annotation(step: str, action: str) -> dict[str, str]:

@@ -24,7 +24,7 @@ ROOT = Path(__file__).resolve().parents[2]
 sys.path[:0] = [str(ROOT / "hack" / "containerd"), str(ROOT / "bench")]
 
 import private_containerd  # noqa: E402
-from graft_node import GraftNode  # noqa: E402
+from graft_node import GraftNode, template_node  # noqa: E402
 from leaks import shim_pids  # noqa: E402
 from testing import containerd, skip_or_fail, vm_missing  # noqa: E402,F401
 
@@ -43,13 +43,8 @@ EXIT_ON_TRIGGER = ["sh", "-c", f"while [ ! -e /tmp/go ]; do sleep 0.2; done; exi
 @pytest.fixture(scope="module")
 def node(containerd):
     skip_or_fail(vm_missing())
-    node = GraftNode(containerd)
-    try:
-        node.configure(template=True)
-        node.build_template()
+    with template_node(containerd) as node:
         yield node
-    finally:
-        node.close()
 
 
 class Pod:
