@@ -78,3 +78,10 @@ def test_exit_and_kill_end_the_process(tmp_path, action, status):
                           env={**os.environ, "PYTHONPATH": str(ROOT)}, timeout=60)
     assert done.returncode == status, done.stderr
     assert "survived" not in done.stdout
+
+
+def test_each_task_create_rearms_from_its_own_spec(tmp_path):
+    config = _config(tmp_path, True)
+    failpoints.arm(config, _spec("rootfs-bound=raise"))
+    failpoints.arm(config, {"annotations": {}})  # the next container has no annotation
+    failpoints.reach(failpoints.ROOTFS_BOUND)
