@@ -39,7 +39,7 @@ def _process_leftovers(fp: Footprint) -> list[str]:
         argv = proc.info["cmdline"] or []
         if not argv:
             continue
-        joined = " ".join(argv)
+        joined = " ".join(a for a in argv if a)  # a set process title pads with ''
         exe = argv[0].rsplit("/", 1)[-1]
         if exe.startswith(VMM_NAMES) and f"{fp.base}/" in joined:
             found.append(f"VMM pid {proc.pid} ({exe})")

@@ -31,7 +31,7 @@ from .progress import Progress, StepFailed
 from .report import PodRow, notes, table
 from .stack import Stack
 from .teardown import teardown
-from .web_pods import fetch_page, graft_pod_pss_mib, runc_pod_pss_mib, start_web_pod
+from .web_pods import fetch_page, graft_pod_memory, runc_pod_memory, start_web_pod
 
 DEFAULT_DIR = "/run/graft-demo"  # short: socket paths below it stay under 108 bytes
 INTERRUPTED = 130
@@ -69,37 +69,37 @@ def _config_note(stack: Stack, progress: Progress, enable: bool) -> None:
 
 
 def run_flow(stack: Stack, fp: Footprint, progress: Progress, outcome: Outcome) -> None:
-    with progress.step(f"private containerd 1.6 with the CRI plugin in {stack.layout.base}"):
+    with progress.step("private containerd", f"1.6 with the CRI plugin, in {stack.layout.base}"):
         stack.start_containerd()
-        network = stack.network()
-        assert network is not None
+        network = stack.layout.network
         fp.bridge = network.bridge
         progress.detail(f"bridge CNI {network.bridge} {network.subnet}; handlers runc and "
                         f"graft (io.containerd.graft.v2); images {private_containerd.BUSYBOX_IMAGE}"
                         f", {private_containerd.PAUSE_IMAGE} (built locally)")
         _config_note(stack, progress, enable=False)
     pods = []
-    with progress.step("runc pod: RunPodSandbox, then a busybox container serving HTTP"):
+    with progress.step("runc pod", "RunPodSandbox, then a busybox container serving HTTP"):
         pods.append(_start_pod(stack, progress, "demo-runc", "runc"))
-    with progress.step("graft pod, cold: QEMU boots the guest kernel and agent from scratch"):
+    with progress.step("cold graft pod", "QEMU boots the guest kernel and agent from scratch"):
         pods.append(_start_pod(stack, progress, "demo-cold", "graft"))
-    with progress.step("graft factory init: boot a template VM, save it to a tmpfs"):
+    with progress.step("graft factory init", "boot a template VM, save it to a tmpfs"):
         began = time.monotonic()
         for line in stack.graft("factory", "init").splitlines():
             progress.detail(line)
         outcome.template_s = time.monotonic() - began
         _config_note(stack, progress, enable=True)
-    with progress.step("graft pod from the template: the VM is restored, not booted"):
+    with progress.step("graft pod from the template", "the VM is restored, not booted"):
         pods.append(_start_pod(stack, progress, "demo-template", "graft"))
-    with progress.step("graft status --json (boot path and why), PSS of each pod"):
+    with progress.step("measuring", "graft status --json (boot path and why), PSS of each pod"):
         sandboxes = {s["id"]: s for s in json.loads(stack.graft("status", "--json"))["sandboxes"]}
         for pod in pods:
             if pod.handler == "runc":
-                outcome.rows.append(PodRow(pod, runc_pod_pss_mib(stack.address, pod.pod_id)))
+                row = PodRow(pod, runc_pod_memory(stack.address, pod.pod_id))
             else:
-                outcome.rows.append(PodRow(pod, graft_pod_pss_mib(stack.config, stack.address,
-                                                                  pod.pod_id),
-                                           sandboxes.get(pod.pod_id)))
+                row = PodRow(pod, graft_pod_memory(stack.config, stack.address, pod.pod_id),
+                             sandboxes.get(pod.pod_id))
+            outcome.rows.append(row)
+            progress.detail(f"{pod.name}: {row.boot_path}; PSS {row.memory_detail}")
     for row, expected in zip(outcome.rows[1:], ("cold", "restored")):
         got = (row.boot or {}).get("boot_path")
         if got != expected:

@@ -39,9 +39,10 @@ class Progress:
             print(text, file=self.out, flush=True)
 
     @contextlib.contextmanager
-    def step(self, what: str) -> Iterator[None]:
-        """`==> what …`, heartbeats while it runs, then `done in Xs` (or the failure)."""
-        self.line(f"==> {what} …")
+    def step(self, what: str, how: str = "") -> Iterator[None]:
+        """`==> what: how …`, heartbeats while it runs, then `done in Xs`; a failure is
+        raised as StepFailed("what: cause")."""
+        self.line(f"==> {what}: {how} …" if how else f"==> {what} …")
         began = time.monotonic()
         stop = threading.Event()
         beat = threading.Thread(target=self._heartbeat, args=(what, began, stop), daemon=True)
@@ -59,7 +60,7 @@ class Progress:
 
     def _heartbeat(self, what: str, began: float, stop: threading.Event) -> None:
         while not stop.wait(self.heartbeat_s):
-            self.line(f"    … still {what.split(':')[0]} ({time.monotonic() - began:.0f}s)")
+            self.line(f"    … still {what} ({time.monotonic() - began:.0f}s)")
 
 
 def describe(exc: BaseException) -> str:

@@ -4,14 +4,22 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from .web_pods import PORT, WebPod
+from .web_pods import PORT, MemoryParts, WebPod
 
 
 @dataclass
 class PodRow:
     pod: WebPod
-    memory_mib: float
+    memory: MemoryParts
     boot: dict[str, Any] | None = None  # its sandbox in `graft status --json`; None: runc
+
+    @property
+    def memory_mib(self) -> float:
+        return sum(mib for _, mib in self.memory)
+
+    @property
+    def memory_detail(self) -> str:
+        return " + ".join(f"{what} {mib:.1f}" for what, mib in self.memory) + " MiB"
 
     @property
     def boot_path(self) -> str:

@@ -74,7 +74,16 @@ class Stack:
     def start_containerd(self) -> None:
         self.layout.base.mkdir(parents=True, exist_ok=True)
         private_containerd.start(self.layout)
-        self.cri = Cri(self.address, self.dirs.logs, pod_namespace="demo")
+        self.connect_cri()
+
+    def connect_cri(self) -> bool:
+        """A CRI client of the demo's containerd (also of one an earlier, killed demo left
+        running); False when no containerd runs there."""
+        if private_containerd.running_pid(self.layout) is None:
+            return False
+        if self.cri is None:
+            self.cri = Cri(self.address, self.dirs.logs, pod_namespace="demo")
+        return True
 
     def network(self) -> private_containerd.PodNetwork | None:
         return self.layout.network if self.layout.network_file.exists() else None

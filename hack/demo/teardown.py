@@ -2,7 +2,6 @@
 anything left (leftovers.py). Every step runs even when an earlier one failed."""
 from __future__ import annotations
 
-import os
 import shutil
 import signal
 import time
@@ -11,6 +10,7 @@ from collections.abc import Callable
 import psutil
 
 import private_containerd
+from leaks import TASK_DIR
 from shim.shim_manager.socket_address import socket_path
 
 from .leftovers import Footprint, leftovers
@@ -22,9 +22,19 @@ SHIMS_EXIT_WAIT_S = 20.0
 LEFTOVER_WAIT_S = 10.0
 
 
+def _note_shim_sockets(stack: Stack, fp: Footprint) -> None:
+    """The shim socket of every task containerd has a bundle for, also of a pod whose start
+    was abandoned (CRI never named it to us)."""
+    tasks = stack.layout.base / "state" / TASK_DIR
+    for namespace in tasks.iterdir() if tasks.is_dir() else ():
+        for bundle in namespace.iterdir():
+            fp.shim_sockets.add(socket_path(stack.address, namespace.name, bundle.name))
+
+
 def _stop_pods(stack: Stack, fp: Footprint, progress: Progress) -> None:
-    if stack.cri is None or not stack.layout.socket.exists():
-        progress.detail("no containerd: no pods")
+    _note_shim_sockets(stack, fp)
+    if not stack.connect_cri():
+        progress.detail("containerd is not running: no pods to remove")
         return
     for pod_id in stack.pod_ids():
         fp.shim_sockets.add(socket_path(stack.address, CRI_NAMESPACE, pod_id))
@@ -74,19 +84,19 @@ def teardown(stack: Stack, fp: Footprint, progress: Progress) -> list[str]:
     if fp.bridge is None and (network := stack.network()) is not None:
         fp.bridge = network.bridge
     problems: list[str] = []
-    steps: list[tuple[str, Callable[[], None]]] = [
-        ("stopping and removing the pods (StopPodSandbox + RemovePodSandbox)",
+    steps: list[tuple[str, str, Callable[[], None]]] = [
+        ("removing the pods", "StopPodSandbox + RemovePodSandbox",
          lambda: _stop_pods(stack, fp, progress)),
-        ("graft factory destroy", lambda: _graft_lines(stack, progress, "factory", "destroy")),
-        ("stopping the private containerd (its bridge, mounts and directory go too)",
+        ("graft factory destroy", "", lambda: _destroy_template(stack, progress)),
+        ("stopping the private containerd", "its shims, bridge and mounts go too",
          lambda: _stop_containerd(stack, progress)),
-        ("graft fork-server stop", lambda: _print_lines(progress, stack.graft("fork-server",
-                                                                              "stop"))),
-        (f"removing {stack.dirs.base}", lambda: _remove_directory(stack, progress)),
+        ("graft fork-server stop", "", lambda: _print_lines(progress, stack.graft(
+            "fork-server", "stop"))),
+        (f"removing {stack.dirs.base}", "", lambda: _remove_directory(stack, progress)),
     ]
-    for what, run in steps:
+    for what, how, run in steps:
         try:
-            with progress.step(what):
+            with progress.step(what, how):
                 run()
         except StepFailed as exc:
             problems.append(str(exc))
@@ -100,11 +110,11 @@ def teardown(stack: Stack, fp: Footprint, progress: Progress) -> list[str]:
     return problems
 
 
-def _graft_lines(stack: Stack, progress: Progress, *args: str) -> None:
+def _destroy_template(stack: Stack, progress: Progress) -> None:
     if not stack.config_path.exists():
-        progress.detail("no graft config was written: nothing to do")
+        progress.detail("no graft config was written: no template either")
         return
-    _print_lines(progress, stack.graft(*args))
+    _print_lines(progress, stack.graft("factory", "destroy"))
 
 
 def _print_lines(progress: Progress, text: str) -> None:

@@ -69,21 +69,26 @@ def fetch_page(pod: WebPod, timeout_s: float = FETCH_TIMEOUT_S) -> None:
             time.sleep(0.1)
 
 
-def graft_pod_pss_mib(config: GraftConfig, address: str, pod_id: str) -> float:
-    """QEMU's PSS plus the pod's shim daemon's."""
+MemoryParts = list[tuple[str, float]]  # (what, PSS in MiB)
+
+
+def graft_pod_memory(config: GraftConfig, address: str, pod_id: str) -> MemoryParts:
+    """PSS of the pod's QEMU and of its shim daemon."""
     vmm = recorded_vmm(run_dir(config, SandboxRef(pod_id, CRI_NAMESPACE, address)))
     shim = shim_pid(address, pod_id)
     if vmm is None or shim is None:
         raise RuntimeError(f"pod {pod_id[:12]}: no {'QEMU' if vmm is None else 'shim'} process")
-    return pss_mib(vmm.pid) + pss_mib(shim)
+    return [("QEMU", pss_mib(vmm.pid)), ("shim", pss_mib(shim))]
 
 
-def runc_pod_pss_mib(address: str, pod_id: str) -> float:
-    """PSS of the pod's runc shim and everything under it (pause, the container)."""
+def runc_pod_memory(address: str, pod_id: str) -> MemoryParts:
+    """PSS of the pod's runc shim and of everything under it (pause, the container)."""
     for proc in psutil.process_iter(["cmdline"]):
         argv = proc.info["cmdline"] or []
         joined = " ".join(argv) + " "
         if argv and argv[0].endswith(RUNC_SHIM) and f" -id {pod_id} " in joined \
                 and f" -address {address} " in joined:
-            return sum(pss_mib(p.pid) for p in [proc, *proc.children(recursive=True)])
+            below = proc.children(recursive=True)
+            return [("runc shim", pss_mib(proc.pid)),
+                    (f"{len(below)} pod processes", sum(pss_mib(p.pid) for p in below))]
     raise RuntimeError(f"pod {pod_id[:12]}: no {RUNC_SHIM} process")
