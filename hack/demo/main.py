@@ -118,8 +118,21 @@ def _lock(base: Path) -> int | None:
         return None
 
 
-def _interrupt(signum: int, frame: object) -> None:
-    raise KeyboardInterrupt  # SIGTERM/SIGHUP clean up like Ctrl-C
+class _Interrupt:
+    """SIGINT, SIGTERM and SIGHUP stop the demo once (it then cleans up); a repeat while a
+    graft command undoes what it started is ignored."""
+    seen = False
+
+    @classmethod
+    def handle(cls, signum: int, frame: object) -> None:
+        if not cls.seen:
+            cls.seen = True
+            raise KeyboardInterrupt
+
+    @classmethod
+    def install(cls) -> None:
+        for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+            signal.signal(sig, cls.handle)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -137,8 +150,7 @@ def main(argv: list[str] | None = None) -> int:
     if lock is None:
         print(f"demo: FAILED: another demo is running in {base} ({base}.lock)", file=sys.stderr)
         return 1
-    for sig in (signal.SIGTERM, signal.SIGHUP):
-        signal.signal(sig, _interrupt)
+    _Interrupt.install()
     stack = Stack(base)
     fp = Footprint(base, stack.address, stack.layout.config, server_path())
     outcome, failure, status = Outcome(), "", 0
@@ -148,9 +160,7 @@ def main(argv: list[str] | None = None) -> int:
             progress.line(f"{base} is left from an earlier run: cleaning it up first")
             if problems := teardown(stack, fp, progress):
                 raise StepFailed("could not clean up the earlier run: " + "; ".join(problems))
-            signal.signal(signal.SIGINT, signal.default_int_handler)
-            for sig in (signal.SIGTERM, signal.SIGHUP):
-                signal.signal(sig, _interrupt)
+            _Interrupt.install()  # the cleanup ignored them
         run_flow(stack, fp, progress, outcome)
     except KeyboardInterrupt:
         failure, status = "interrupted", INTERRUPTED

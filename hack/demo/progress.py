@@ -18,7 +18,7 @@ class StepFailed(Exception):
 
 class Progress:
     def __init__(self, out: TextIO | None = None, heartbeat_s: float = HEARTBEAT_S) -> None:
-        self.out = out or sys.stdout
+        self.out: TextIO | None = out or sys.stdout
         self.started = time.monotonic()
         self.heartbeat_s = heartbeat_s
         self._lock = threading.Lock()
@@ -26,17 +26,26 @@ class Progress:
     def elapsed(self) -> float:
         return time.monotonic() - self.started
 
-    def line(self, text: str) -> None:
+    def _emit(self, text: str) -> None:
+        """Best effort: a reader that went away (a closed pipe, a hung-up terminal) must
+        not stop the demo from cleaning up."""
         with self._lock:
-            print(f"[{self.elapsed():6.1f}s] {text}", file=self.out, flush=True)
+            if self.out is None:
+                return
+            try:
+                print(text, file=self.out, flush=True)
+            except OSError:
+                self.out = None
+
+    def line(self, text: str) -> None:
+        self._emit(f"[{self.elapsed():6.1f}s] {text}")
 
     def detail(self, text: str) -> None:
         """An indented line under the current step."""
         self.line(f"    {text}")
 
     def plain(self, text: str = "") -> None:
-        with self._lock:
-            print(text, file=self.out, flush=True)
+        self._emit(text)
 
     @contextlib.contextmanager
     def step(self, what: str, how: str = "") -> Iterator[None]:
