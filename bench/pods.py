@@ -55,6 +55,7 @@ PHASES = (
     ("network attached", "network attach"),
     ("template validated", "template validation"),
     ("vm restored", "VM restore"),
+    ("warm vm adopted", "warm VM handoff"),
     ("vm launched", "VM launch (cold boot)"),
     ("agent ready", "agent ready"),
     ("clone identity refreshed", "reseed + clock"),
@@ -62,7 +63,8 @@ PHASES = (
     ("nic ready", "NIC"),
     ("sandbox ready", "CreateSandbox"),
     ("{cid} create", "to CreateContainer"),
-    ("{cid} created", "CreateContainer"),
+    ("{cid} rootfs ready", "rootfs + binds"),
+    ("{cid} created", "guest create"),
     ("{cid} start", "to StartContainer"),
     ("{cid} started", "StartContainer"),
     ("{cid} first output", "first output"),
@@ -129,6 +131,12 @@ def _phases(timeline: list[tuple[str, float]], cid: str, t0: float) -> dict[str,
     return out
 
 
+def _boot_path(record: dict) -> str:
+    if not record.get("restored"):
+        return "cold"
+    return "warm pool" if "(warm pool)" in record.get("reason", "") else "restored"
+
+
 def shim_pid(address: str, pod: str) -> int | None:
     for proc in psutil.process_iter(["cmdline"]):
         cmdline = proc.info["cmdline"] or []
@@ -158,11 +166,21 @@ class Bench:
         self.base = base
         self.cri: Cri | None = None
 
-    def graft_config(self, enable_template: bool) -> None:
+    def graft_config(self, enable_template: bool, cache_size: int = 0) -> None:
         self.layout.graft_config.write_text(
             f'[runtime]\nlog_level = "debug"\nstate_dir = "{self.base}/state"\n'
             f'[factory]\nenable_template = {str(enable_template).lower()}\n'
-            f'template_path = "{self.base}/tpl"\n')
+            f'template_path = "{self.base}/tpl"\ncache_size = {cache_size}\n')
+
+    def wait_for_pool(self, count: int, timeout: float = 120) -> bool:
+        from shim.sandbox.warm import waiting_vms
+
+        deadline = time.monotonic() + timeout
+        while waiting_vms(self.config) < count:
+            if time.monotonic() > deadline:
+                return False
+            time.sleep(0.1)
+        return True
 
     def __enter__(self) -> "Bench":
         self.layout.base.mkdir(parents=True)
@@ -192,24 +210,26 @@ class Bench:
 
         destroy_template(self.config)
 
-    def sequential(self, handler: str, label: str, pods: int) -> dict:
+    def sequential(self, handler: str, label: str, pods: int, pool: int = 0) -> dict:
         assert self.cri is not None
         starts, phases, paths = [], [], []
         for i in range(pods):
+            if pool:  # each pod finds the pool refilled, as on a node between pod starts
+                self.wait_for_pool(pool)
             pod, cid, t0, ready = self.cri.start_pod(f"{label}-{i}", handler)
             starts.append(ready - t0)
             if handler == "graft":
                 ref = SandboxRef(pod, NAMESPACE, str(self.layout.socket))
                 timeline = read_timeline(run_dir(self.config, ref))
                 phases.append(_phases(timeline, cid, t0))
-                paths.append((read_boot_path(self.config, ref) or {}).get("restored"))
+                paths.append(_boot_path(read_boot_path(self.config, ref) or {}))
             self.cri.remove_pod(pod)
         out = {"pod_start": _summary(starts), "samples_s": [round(s, 3) for s in starts]}
         if phases:
             names = [name for _, name in PHASES if any(name in p for p in phases)]
             out["phases_median_s"] = {n: round(statistics.median(p.get(n, 0.0) for p in phases),
                                                4) for n in names}
-            out["restored"] = paths
+            out["boot_paths"] = paths
         return out
 
     def concurrent(self, handler: str, count: int) -> dict:
@@ -260,8 +280,8 @@ def chart(report: dict, path: Path) -> None:
 
     seq = report["sequential"]
     fig, (left, right) = plt.subplots(1, 2, figsize=(12, 5), gridspec_kw={"width_ratios": [3, 1]})
-    labels = ["runc", "graft template", "graft cold"]
-    keys = ["runc", "graft_template", "graft_cold"]
+    labels = ["runc", "graft warm pool", "graft restore", "graft cold"]
+    keys = ["runc", "graft_template", "graft_restore", "graft_cold"]
     for i, key in enumerate(keys):
         phases = seq[key].get("phases_median_s")
         if not phases:
@@ -273,6 +293,7 @@ def chart(report: dict, path: Path) -> None:
                       label=name if key == "graft_template" else None)
             offset += value
     left.set_yticks(range(len(labels)), labels)
+    left.invert_yaxis()
     left.set_xlabel("seconds (median), RunPodSandbox → first log line")
     left.set_title(f"pod start through CRI ({report['accelerator']})")
     left.legend(fontsize=7, loc="lower right")
@@ -289,31 +310,44 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--pods", type=int, default=5, help="sequential pods per way")
     parser.add_argument("--concurrent", type=int, default=10)
+    parser.add_argument("--cache-size", type=int, default=2,
+                        help="[factory] cache_size of the warm pool (0: restore each pod)")
     parser.add_argument("--png", type=Path)
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="gpb-", dir="/tmp") as tmp, Bench(Path(tmp)) as b:
         template_s = b.init_template()
         b.sequential("runc", "warm-runc", 1)  # warm-ups: images unpacked, page cache
-        b.sequential("graft", "warm-graft", 1)
+        b.sequential("graft", "warm-graft", 2)  # ... and the fork server up
         report: dict = {
             "benchmark": "pods_cri",
             "accelerator": resolve_accelerator(Accelerator(
                 b.config.get("hypervisor", "accelerator"))).value,
             "template_init_s": round(template_s, 2),
+            "cache_size": args.cache_size,
             "sequential": {"runc": b.sequential("runc", "runc", args.pods),
-                           "graft_template": b.sequential("graft", "tpl", args.pods)},
-            "concurrent": {"runc": b.concurrent("runc", args.concurrent),
-                           "graft_template": b.concurrent("graft", args.concurrent)},
+                           "graft_restore": b.sequential("graft", "tpl", args.pods)},
         }
+        if args.cache_size:
+            b.graft_config(True, args.cache_size)
+            b.sequential("graft", "warm-pool", 1)  # the fork server sees the pool's config
+            report["sequential"]["graft_template"] = b.sequential(
+                "graft", "pool", args.pods, pool=args.cache_size)
+            b.wait_for_pool(args.cache_size)
+        else:
+            report["sequential"]["graft_template"] = report["sequential"]["graft_restore"]
+        report["concurrent"] = {"runc": b.concurrent("runc", args.concurrent),
+                                "graft_template": b.concurrent("graft", args.concurrent)}
         b.graft_config(False)
         report["sequential"]["graft_cold"] = b.sequential("graft", "cold", max(2, args.pods // 2))
         b.destroy_template()
     seq = report["sequential"]
-    runc, tpl, cold = (seq[k]["pod_start"]["median_s"] for k in ("runc", "graft_template",
-                                                                  "graft_cold"))
+    runc, tpl, restore, cold = (seq[k]["pod_start"]["median_s"] for k in (
+        "runc", "graft_template", "graft_restore", "graft_cold"))
     report["ratios"] = {"template_vs_runc": round(tpl / runc, 2),
-                        "cold_vs_template": round(cold / tpl, 2)}
+                        "cold_vs_template": round(cold / tpl, 2),
+                        "restore_vs_runc": round(restore / runc, 2),
+                        "cold_vs_restore": round(cold / restore, 2)}
     report["targets"] = {"template_vs_runc_max": 4, "cold_vs_template_min": 10,
                          "concurrent_all_ready_max_s": 5}
     text = json.dumps(report, indent=2)

@@ -41,6 +41,10 @@ class Agent:
         import ctypes  # noqa: F401  (mounts, 9p share)
         import ipaddress  # noqa: F401  (network)
         import json  # noqa: F401  (OCI documents)
+        try:
+            self.containers.runtime("")   # the default runtime, set up (and its imports done)
+        except Exception as exc:   # reported again, to the host, by the first container
+            log.warning("default container runtime: %s", exc)
 
     async def ready(self) -> None:
         if self._warmup is not None:

@@ -20,7 +20,7 @@ options:
   --isolate-net          with --isolate: also a private network namespace
   --port-name NAME       virtio-serial port name (default: kernel cmdline, else graft.agent)
   --run-dir DIR          agent state: bundles, runtime state, sockets (default /run/graft)
-  --runtime NAME         default OCI runtime: crun or runc (default crun)
+  --runtime NAME         default container runtime: native, crun or runc (default native)
   --cgroup-parent PATH   cgroup under which containers are placed (default /graft)
   --modules-list PATH    kernel modules to load as PID 1 (default /usr/lib/graft/modules.list)
   --resolv-conf PATH     file CreateSandbox writes DNS lines to (default /etc/resolv.conf)
@@ -55,7 +55,7 @@ class Config:
     isolate_net: bool = False
     port_name: str = "graft.agent"
     run_dir: str = "/run/graft"
-    default_runtime: str = "crun"
+    default_runtime: str = "native"
     cgroup_parent: str = "/graft"
     modules_list: str = "/usr/lib/graft/modules.list"
     resolv_conf: str = ""        # "" = /etc/resolv.conf, or <run_dir>/resolv.conf when isolated
@@ -114,7 +114,7 @@ def parse(argv: list[str], cmdline: str = "") -> Config:
         raise UsageError("vsock port must be a number") from None
     if port is not None and not 0 < port < 2**32:
         raise UsageError(f"vsock port {port} out of range")
-    if config.default_runtime not in ("crun", "runc"):
+    if config.default_runtime not in ("native", "crun", "runc"):
         raise UsageError(f"unsupported runtime {config.default_runtime!r}")
     if config.log_level not in ("debug", "info", "warning", "error"):
         raise UsageError(f"bad log level {config.log_level!r}")

@@ -9,7 +9,9 @@ from __future__ import annotations
 import asyncio
 import os
 import socket
+from collections.abc import Awaitable
 
+from .errors import FailedPrecondition
 from .spawn import wait_readable
 
 
@@ -49,3 +51,32 @@ class ConsoleSocket:
             os.unlink(self.path)
         except FileNotFoundError:
             pass
+
+
+async def receive_terminal(console: ConsoleSocket, runtime_call: Awaitable[None],
+                           timeout: float = 10.0) -> int:
+    """Await `runtime_call` (a runtime command given --console-socket) and return the pty
+    master fd it sent. The console socket is closed in every case."""
+    receiving = asyncio.ensure_future(console.receive_master())
+    try:
+        try:
+            await runtime_call
+        except BaseException:
+            if receiving.done() and not receiving.cancelled() and receiving.exception() is None:
+                os.close(receiving.result())
+            raise
+        try:
+            async with asyncio.timeout(timeout):
+                return await receiving
+        except TimeoutError:
+            raise FailedPrecondition(
+                "the OCI runtime never sent the terminal on its console socket") from None
+    finally:
+        if not receiving.done():
+            receiving.cancel()
+            # asyncio.wait: the receiver's own outcome is not ours to raise, but a
+            # cancellation of *this* task still propagates.
+            await asyncio.wait([receiving])
+            if not receiving.cancelled() and receiving.exception() is None:
+                os.close(receiving.result())  # arrived just as we gave up on it
+        console.close()

@@ -1,23 +1,23 @@
-"""Containers of the sandbox: lifecycle through the OCI runtime, processes, cgroup views."""
+"""Containers of the sandbox: lifecycle through a ContainerRuntime (native, crun or runc,
+chosen per container), processes, stdio, cgroup views."""
 
 from __future__ import annotations
 
 import asyncio
-import itertools
 import logging
 import os
 import signal
-import time
 
 from . import bundle
 from .cgroup import Cgroup, CgroupStats, cgroup_of
-from .console_socket import ConsoleSocket
 from .errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound, RuntimeFailure
-from .fsutil import read_text, remove_tree
-from .oci_runtime import SUPPORTED_RUNTIMES, OciRuntime, Stdio
+from .fsutil import remove_tree
+from .oci_runtime import OciRuntime
 from .oom import OomMonitor
-from .process import Process, receive_terminal
+from .pod import PodNamespaces
+from .process import Process
 from .reaper import ChildReaper, ExitInfo
+from .runtime import SUPPORTED_RUNTIMES, ContainerRuntime, Launched, ProcessIO, Stdio
 from .spawn import Spawner
 
 log = logging.getLogger(__name__)
@@ -27,7 +27,7 @@ _EXIT_GRACE_S = 10.0  # how long a removal waits for killed processes to be reap
 
 
 class Container:
-    def __init__(self, container_id: str, runtime: OciRuntime, bundle_dir: str) -> None:
+    def __init__(self, container_id: str, runtime: ContainerRuntime, bundle_dir: str) -> None:
         self.id = container_id
         self.runtime = runtime
         self.bundle = bundle_dir
@@ -61,10 +61,10 @@ class ContainerManager:
         self._spawner = spawner
         self._reaper = reaper
         self._oom = oom
-        self._runtimes: dict[str, OciRuntime] = {}
+        self._runtimes: dict[str, ContainerRuntime] = {}
+        self._pod = PodNamespaces(run_dir, reaper)
         self._containers: dict[str, Container] = {}
         self._reserved: set[str] = set()
-        self._serial = itertools.count(1)
 
     # -- lookups ----------------------------------------------------------------------------
 
@@ -77,18 +77,26 @@ class ContainerManager:
     def process(self, container_id: str, exec_id: str) -> Process:
         return self.get(container_id).process(exec_id)
 
-    def runtime(self, name: str) -> OciRuntime:
+    def runtime(self, name: str) -> ContainerRuntime:
         name = name or self.default_runtime
         if name not in SUPPORTED_RUNTIMES:
-            raise InvalidArgument(f"unknown OCI runtime {name!r} (supported: {', '.join(SUPPORTED_RUNTIMES)})")
+            raise InvalidArgument(f"unknown container runtime {name!r} "
+                                  f"(supported: {', '.join(SUPPORTED_RUNTIMES)})")
         runtime = self._runtimes.get(name)
         if runtime is None:
-            runtime = OciRuntime.find(name, os.path.join(self._runtime_dir, name),
-                                      os.path.join(self._runtime_dir, "logs"), self._spawner,
-                                      self._no_pivot)
-            if runtime is None:
-                raise FailedPrecondition(f"OCI runtime {name} is not installed in the guest")
+            runtime = self._make_runtime(name)
             self._runtimes[name] = runtime
+        return runtime
+
+    def _make_runtime(self, name: str) -> ContainerRuntime:
+        if name == "native":
+            from .native.runtime import NativeRuntime  # ctypes & co. only when used
+
+            return NativeRuntime(self._reaper, self._no_pivot)
+        runtime = OciRuntime.find(name, self._runtime_dir, self._sockets_dir, self._spawner,
+                                  self._reaper, self._no_pivot)
+        if runtime is None:
+            raise FailedPrecondition(f"OCI runtime {name} is not installed in the guest")
         return runtime
 
     # -- lifecycle --------------------------------------------------------------------------
@@ -101,20 +109,15 @@ class ContainerManager:
         runtime = self.runtime(runtime_name)
         spec = bundle.container_spec(spec_json, rootfs_path,
                                      f"{self._cgroup_parent}/{container_id}")
+        self._pod.ensure(self._pod.adapt(spec))
         self._reserved.add(container_id)
         bundle_dir = os.path.join(self._bundles_dir, container_id)
         container = Container(container_id, runtime, bundle_dir)
         try:
             os.makedirs(bundle_dir, mode=0o700)
-            bundle.write_json(os.path.join(bundle_dir, "config.json"), spec)
-            terminal = bool(spec["process"].get("terminal"))
-            container.init.terminal = terminal
-            pid_file = os.path.join(bundle_dir, "init.pid")
-
-            async def runtime_call(stdio: Stdio, console: str | None) -> None:
-                await runtime.create(container_id, bundle_dir, pid_file, stdio, console)
-
-            await self._launch(container.init, want_stdin, pid_file, runtime_call)
+            container.init.terminal = bool(spec["process"].get("terminal"))
+            await self._launch(container.init, want_stdin, lambda io: runtime.create(
+                container_id, bundle_dir, spec, io))
         except BaseException:
             await self._discard_failed(container)
             self._reserved.discard(container_id)
@@ -127,28 +130,23 @@ class ContainerManager:
         log.info("created container %s (%s, pid %d)", container_id, runtime.name, container.init.pid)
         return container.init.pid
 
-    async def _launch(self, process: Process, want_stdin: bool, pid_file: str, runtime_call) -> None:
-        """Run a runtime command that starts `process` (create/exec), wiring its stdio, then
-        adopt the pid the runtime wrote."""
-        started_after = time.monotonic()
+    async def _launch(self, process: Process, want_stdin: bool, runtime_call) -> None:
+        """Start `process` with runtime_call(ProcessIO) (a runtime's create/exec), wiring its
+        stdio or terminal, and bind the pid it reports."""
         if process.terminal:
-            console = ConsoleSocket(os.path.join(self._sockets_dir_ready(), f"console-{next(self._serial)}.sock"))
-            master = await receive_terminal(console, runtime_call(Stdio(), console.path))
-            process.attach_terminal(master, want_stdin)
+            launched: Launched = await runtime_call(ProcessIO(Stdio(), terminal=True))
+            if launched.console_fd is None:
+                raise RuntimeFailure(f"the runtime gave process {process.name} no terminal")
+            process.attach_terminal(launched.console_fd, want_stdin)
         else:
             wiring = process.pipes(want_stdin)
             try:
-                await runtime_call(wiring.stdio, None)
+                launched = await runtime_call(ProcessIO(wiring.stdio, terminal=False))
             except RuntimeFailure as exc:
                 raise RuntimeFailure(_with_stderr(str(exc), process)) from None
             finally:
                 wiring.close_child_ends()
-        pid = _read_pid(pid_file)
-        process.adopt(pid, self._reaper.watch_adopted(pid, started_after))
-
-    def _sockets_dir_ready(self) -> str:
-        os.makedirs(self._sockets_dir, mode=0o700, exist_ok=True)
-        return self._sockets_dir
+        process.adopt(launched.pid, launched.exit)
 
     def _on_init_exit(self, container: Container) -> None:
         container.status = STOPPED
@@ -178,24 +176,14 @@ class ContainerManager:
         spec = bundle.exec_process(process_json)
         process = Process(container_id, exec_id, terminal=bool(spec.get("terminal")))
         container.execs[exec_id] = process
-        n = next(self._serial)
-        process_file = os.path.join(container.bundle, f"exec-{n}.json")
-        pid_file = os.path.join(container.bundle, f"exec-{n}.pid")
-
-        async def runtime_call(stdio: Stdio, console: str | None) -> None:
-            await container.runtime.exec(container_id, process_file, pid_file, stdio, console)
-
         try:
-            bundle.write_json(process_file, spec)
-            await self._launch(process, want_stdin, pid_file, runtime_call)
+            await self._launch(process, want_stdin, lambda io: container.runtime.exec(
+                container_id, container.bundle, spec, io))
         except BaseException:
             process.release()
             if container.execs.get(exec_id) is process:
                 del container.execs[exec_id]
             raise
-        finally:
-            for path in (process_file, pid_file):
-                _unlink(path)
         log.info("exec %s in container %s: pid %d", exec_id, container_id, process.pid)
         return process.pid
 
@@ -251,12 +239,7 @@ class ContainerManager:
         resources = bundle.parse_object("resources_json", resources_json)
         if container.status == STOPPED:
             raise FailedPrecondition(f"container {container_id} is stopped")
-        path = os.path.join(container.bundle, f"resources-{next(self._serial)}.json")
-        try:
-            bundle.write_json(path, resources)
-            await container.runtime.update(container_id, path)
-        finally:
-            _unlink(path)
+        await container.runtime.update(container_id, resources)
 
     def stats(self, container_id: str) -> CgroupStats:
         container = self.get(container_id)
@@ -280,11 +263,13 @@ class ContainerManager:
         log.info("removed container %s", container_id)
 
     async def remove_all(self) -> None:
+        """Every container, then the pod's shared namespaces and /dev/shm."""
         for container_id in list(self._containers):
             try:
                 await self.remove(container_id, force=True)
             except Exception as exc:  # keep going: free as much as possible
                 log.error("removing container %s failed: %s", container_id, exc)
+        await self._pod.destroy()
 
     async def _delete_runtime_state(self, container: Container, force: bool) -> None:
         try:
@@ -327,13 +312,6 @@ class ContainerManager:
         remove_tree(container.bundle)
 
 
-def _read_pid(path: str) -> int:
-    text = read_text(path).strip()
-    if not text.isdigit():
-        raise RuntimeFailure(f"the OCI runtime wrote no pid to {path}")
-    return int(text)
-
-
 def _with_stderr(message: str, process: Process) -> str:
     """crun reports some early failures only on its stderr, which is the process's."""
     extra = process.stderr.peek().decode(errors="replace").strip()
@@ -341,9 +319,3 @@ def _with_stderr(message: str, process: Process) -> str:
         return f"{message} (stderr: {extra[-2048:]})"
     return message
 
-
-def _unlink(path: str) -> None:
-    try:
-        os.unlink(path)
-    except FileNotFoundError:
-        pass

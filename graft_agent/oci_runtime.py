@@ -1,4 +1,4 @@
-"""Driving an OCI runtime binary (crun or runc) through its command line.
+"""Driving an OCI runtime binary (crun or runc) through its command line (a ContainerRuntime).
 
 Every invocation gets its own --log file (JSON lines) so the runtime's own complaints never mix
 with a container's stdout/stderr, and a failure's message carries the runtime's words.
@@ -9,62 +9,91 @@ from __future__ import annotations
 import itertools
 import logging
 import os
-import signal
+import time
 
+from . import bundle
+from .console_socket import ConsoleSocket, receive_terminal
 from .errors import RuntimeFailure
-from .fsutil import which
+from .fsutil import read_text, which
+from .reaper import ChildReaper
+from .runtime import Launched, ProcessIO, Stdio
 from .spawn import DEVNULL, Spawner
 
 log = logging.getLogger(__name__)
 
-SUPPORTED_RUNTIMES = ("crun", "runc")
-
-
-class Stdio:
-    """fds the runtime (and through it the container process) gets as stdin/stdout/stderr."""
-
-    def __init__(self, stdin: int = DEVNULL, stdout: int = DEVNULL, stderr: int = DEVNULL) -> None:
-        self.stdin, self.stdout, self.stderr = stdin, stdout, stderr
+CLI_RUNTIMES = ("crun", "runc")
 
 
 class OciRuntime:
-    def __init__(self, name: str, binary: str, state_root: str, log_dir: str,
-                 spawner: Spawner, no_pivot: bool) -> None:
+    """crun or runc: every operation is one invocation of the binary; the container's init
+    and execs reparent to the agent (PID 1 / subreaper) once the runtime exits."""
+
+    def __init__(self, name: str, binary: str, state_root: str, log_dir: str, sockets_dir: str,
+                 spawner: Spawner, reaper: ChildReaper, no_pivot: bool) -> None:
         self.name = name
         self.binary = binary
         self.state_root = state_root
         self._log_dir = log_dir
+        self._sockets_dir = sockets_dir
         self._spawner = spawner
+        self._reaper = reaper
         self._no_pivot = no_pivot
+        self._bundles: dict[str, str] = {}
         self._serial = itertools.count(1)
 
     @classmethod
-    def find(cls, name: str, state_root: str, log_dir: str, spawner: Spawner,
-             no_pivot: bool) -> "OciRuntime | None":
+    def find(cls, name: str, runtime_dir: str, sockets_dir: str, spawner: Spawner,
+             reaper: ChildReaper, no_pivot: bool) -> "OciRuntime | None":
         binary = which(name)
         if binary is None:
             return None
-        os.makedirs(state_root, mode=0o700, exist_ok=True)
-        os.makedirs(log_dir, mode=0o700, exist_ok=True)
-        return cls(name, binary, state_root, log_dir, spawner, no_pivot)
+        state_root = os.path.join(runtime_dir, name)
+        log_dir = os.path.join(runtime_dir, "logs")
+        for directory in (state_root, log_dir, sockets_dir):
+            os.makedirs(directory, mode=0o700, exist_ok=True)
+        return cls(name, binary, state_root, log_dir, sockets_dir, spawner, reaper, no_pivot)
 
     # -- container lifecycle ----------------------------------------------------------------
 
-    async def create(self, container_id: str, bundle: str, pid_file: str, stdio: Stdio,
-                     console_socket: str | None = None) -> None:
-        args = ["--bundle", bundle, "--pid-file", pid_file]
-        if console_socket:
-            args += ["--console-socket", console_socket]
+    async def create(self, container_id: str, bundle_dir: str, spec: dict, io: ProcessIO) -> Launched:
+        bundle.write_json(os.path.join(bundle_dir, "config.json"), spec)
+        self._bundles[container_id] = bundle_dir
+        pid_file = os.path.join(bundle_dir, "init.pid")
+        args = ["--bundle", bundle_dir, "--pid-file", pid_file]
         if self._no_pivot:
             args.append("--no-pivot")
-        await self._run_with_stdio("create", args + [container_id], stdio)
+        return await self._launch("create", args, container_id, pid_file, io)
 
-    async def exec(self, container_id: str, process_file: str, pid_file: str, stdio: Stdio,
-                   console_socket: str | None = None) -> None:
-        args = ["--detach", "--pid-file", pid_file, "--process", process_file]
-        if console_socket:
-            args += ["--console-socket", console_socket]
-        await self._run_with_stdio("exec", args + [container_id], stdio)
+    async def exec(self, container_id: str, bundle_dir: str, process: dict, io: ProcessIO) -> Launched:
+        n = next(self._serial)
+        process_file = os.path.join(bundle_dir, f"exec-{n}.json")
+        pid_file = os.path.join(bundle_dir, f"exec-{n}.pid")
+        try:
+            bundle.write_json(process_file, process)
+            return await self._launch("exec", ["--detach", "--pid-file", pid_file,
+                                               "--process", process_file], container_id, pid_file, io)
+        finally:
+            for path in (process_file, pid_file):
+                _unlink(path)
+
+    async def _launch(self, command: str, args: list[str], container_id: str, pid_file: str,
+                      io: ProcessIO) -> Launched:
+        """Run create/exec, whose process reparents to us; adopt the pid the runtime wrote."""
+        started_after = time.monotonic()
+        master = None
+        if io.terminal:
+            console = ConsoleSocket(os.path.join(self._sockets_dir, f"console-{next(self._serial)}.sock"))
+            master = await receive_terminal(console, self._run_with_stdio(
+                command, args + ["--console-socket", console.path, container_id], Stdio()))
+        else:
+            await self._run_with_stdio(command, args + [container_id], io.stdio)
+        try:
+            pid = _read_pid(pid_file)
+        except BaseException:
+            if master is not None:
+                os.close(master)
+            raise
+        return Launched(pid, self._reaper.watch_adopted(pid, started_after), master)
 
     async def start(self, container_id: str) -> None:
         await self._run("start", [container_id])
@@ -75,17 +104,24 @@ class OciRuntime:
     async def resume(self, container_id: str) -> None:
         await self._run("resume", [container_id])
 
-    async def update(self, container_id: str, resources_file: str) -> None:
-        await self._run("update", ["--resources", resources_file, container_id])
-
-    async def kill(self, container_id: str, sig: int = signal.SIGKILL, all_processes: bool = False) -> None:
-        await self._run("kill", (["--all"] if all_processes else []) + [container_id, str(sig)])
+    async def update(self, container_id: str, resources: dict) -> None:
+        path = os.path.join(self._bundles.get(container_id, self.state_root),
+                            f"resources-{next(self._serial)}.json")
+        try:
+            bundle.write_json(path, resources)
+            await self._run("update", ["--resources", path, container_id])
+        finally:
+            _unlink(path)
 
     async def delete(self, container_id: str, force: bool = False) -> None:
         await self._run("delete", (["--force"] if force else []) + [container_id])
+        self._bundles.pop(container_id, None)
 
     def has_state(self, container_id: str) -> bool:
-        return os.path.exists(os.path.join(self.state_root, container_id))
+        if os.path.exists(os.path.join(self.state_root, container_id)):
+            return True
+        self._bundles.pop(container_id, None)
+        return False
 
     # -- plumbing ---------------------------------------------------------------------------
 
@@ -172,6 +208,13 @@ def _read_available(fd: int, limit: int = 65536) -> bytes:
         return os.read(fd, limit)
     except BlockingIOError:
         return b""
+
+
+def _read_pid(path: str) -> int:
+    text = read_text(path).strip()
+    if not text.isdigit():
+        raise RuntimeFailure(f"the OCI runtime wrote no pid to {path}")
+    return int(text)
 
 
 def _unlink(path: str) -> None:

@@ -6,13 +6,11 @@ import asyncio
 import fcntl
 import os
 import struct
-from collections.abc import Awaitable
 
-from .console_socket import ConsoleSocket
 from .errors import FailedPrecondition, NotFound
 from .iostreams import InputStream, OutputStream
-from .oci_runtime import Stdio
 from .reaper import ExitInfo
+from .runtime import Stdio
 from .spawn import DEVNULL
 
 _TIOCSWINSZ = 0x5414  # asm-generic/ioctls.h (x86, arm64); spares importing termios
@@ -126,32 +124,3 @@ class PipeWiring:
         for fd in self._child_fds:
             os.close(fd)
         self._child_fds.clear()
-
-
-async def receive_terminal(console: ConsoleSocket, runtime_call: Awaitable[None],
-                           timeout: float = 10.0) -> int:
-    """Await `runtime_call` (a runtime command given --console-socket) and return the pty
-    master fd it sent. The console socket is closed in every case."""
-    receiving = asyncio.ensure_future(console.receive_master())
-    try:
-        try:
-            await runtime_call
-        except BaseException:
-            if receiving.done() and not receiving.cancelled() and receiving.exception() is None:
-                os.close(receiving.result())
-            raise
-        try:
-            async with asyncio.timeout(timeout):
-                return await receiving
-        except TimeoutError:
-            raise FailedPrecondition(
-                "the OCI runtime never sent the terminal on its console socket") from None
-    finally:
-        if not receiving.done():
-            receiving.cancel()
-            # asyncio.wait: the receiver's own outcome is not ours to raise, but a
-            # cancellation of *this* task still propagates.
-            await asyncio.wait([receiving])
-            if not receiving.cancelled() and receiving.exception() is None:
-                os.close(receiving.result())  # arrived just as we gave up on it
-        console.close()

@@ -9,7 +9,7 @@ APT_PACKAGES=(
     qemu-system-x86 qemu-utils linux-image-amd64 busybox-static crun runc
     containerd containernetworking-plugins bats iproute2 xz-utils cpio
     golang-github-containerd-containerd-dev golang-github-containerd-cgroups-dev
-    golang-github-gogo-googleapis-dev python3-venv
+    golang-github-gogo-googleapis-dev python3-venv python3-seccomp
 )
 
 step() { echo "==> $*" >&2; }

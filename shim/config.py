@@ -59,7 +59,9 @@ KEYS: tuple[Key, ...] = (
         check=lambda v: v >= 0),
     Key("guest", "image_dir", "/var/lib/graft/guest", str,
         "Directory holding vmlinux and initrd.img from `graft guest build`."),
-    Key("agent", "runtime", "crun", str, "OCI runtime used inside the guest.", ("crun", "runc")),
+    Key("agent", "runtime", "native", str,
+        "Container runtime inside the guest: native (the agent creates container processes "
+        "itself), or the crun/runc binary.", ("native", "crun", "runc")),
     Key("agent", "boot_timeout_s", 60.0, float,
         "Seconds to wait for the agent to answer after launch.", check=_positive),
     Key("runtime", "state_dir", "/run/graft", str,
@@ -71,6 +73,10 @@ KEYS: tuple[Key, ...] = (
         "Restore sandboxes from the template built by `graft factory init`, when valid."),
     Key("factory", "template_path", "/run/graft/template", str,
         "Template directory (a tmpfs sized guest memory + 8 MiB is mounted there)."),
+    Key("factory", "cache_size", 0, int,
+        "Clones the shim's fork server keeps restored ahead of demand for pods of this config "
+        "(a warm pool; 0 = none). Each holds a VM's memory while it waits. QEMU only.",
+        check=lambda v: 0 <= v <= 64),
 )
 
 

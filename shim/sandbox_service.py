@@ -17,6 +17,7 @@ from shim.api.containerd import metrics_pb2, platform_pb2, sandbox_pb2 as pb
 from shim.rpc_edge import rpc_edge, timestamp
 from shim.task.backend import PodVm
 from shim.task.errors import InvalidArgument, Unimplemented
+from shim.task.guest_spec import refuse_node_namespaces
 from shim.task.sandbox_controller import SandboxController, SandboxState
 from shim.vmconfig.pod_resources import (CRI_CPU_PERIOD, CRI_CPU_QUOTA, CRI_MEMORY,
                                          requested_resources)
@@ -50,6 +51,8 @@ def pod_vm(req: pb.CreateSandboxRequest) -> PodVm:
         config = cri_pod_config.unpack(req.options)
     except ValueError as exc:
         raise InvalidArgument(str(exc)) from exc
+    if config is not None:
+        refuse_node_namespaces(cri_pod_config.node_namespaces(config))
     return PodVm(sandbox_id=req.sandbox_id,
                  netns=Path(req.netns_path) if req.netns_path else None,
                  hostname=config.hostname if config is not None else "",

@@ -2,7 +2,7 @@
 
 containerd 2.x hands the pod's CRI configuration to the Sandbox API's CreateSandbox as its
 `options` Any. graft needs a handful of its fields (hostname, annotations, the pod's resource
-limits). Their numbers are the k8s cri-api's (tests/unit checks them against the PyPI cri_api
+limits, which namespaces it wants from the node). Their numbers are the k8s cri-api's (tests/unit checks them against the PyPI cri_api
 bindings); the messages are assembled here in a private descriptor pool, so unknown fields are
 skipped and nothing clashes with a full CRI binding loaded in the same process.
 """
@@ -47,8 +47,15 @@ def _file() -> descriptor_pb2.FileDescriptorProto:
     _field(resources, "cpu_quota", 2, _F.TYPE_INT64)
     _field(resources, "cpu_shares", 3, _F.TYPE_INT64)
     _field(resources, "memory_limit_in_bytes", 4, _F.TYPE_INT64)
+    # NamespaceMode values (an enum in CRI; the same varints as int32): POD 0, CONTAINER 1, NODE 2
+    namespaces = file.message_type.add(name="NamespaceOption")
+    for name, number in (("network", 1), ("pid", 2), ("ipc", 3)):
+        _field(namespaces, name, number, _F.TYPE_INT32)
+    security = file.message_type.add(name="LinuxSandboxSecurityContext")
+    _field(security, "namespace_options", 1, _F.TYPE_MESSAGE, ".runtime.v1.NamespaceOption")
     linux = file.message_type.add(name="LinuxPodSandboxConfig")
     _field(linux, "cgroup_parent", 1, _F.TYPE_STRING)
+    _field(linux, "security_context", 2, _F.TYPE_MESSAGE, ".runtime.v1.LinuxSandboxSecurityContext")
     _field(linux, "resources", 5, _F.TYPE_MESSAGE, ".runtime.v1.LinuxContainerResources")
     config = file.message_type.add(name="PodSandboxConfig")
     _field(config, "metadata", 1, _F.TYPE_MESSAGE, ".runtime.v1.PodSandboxMetadata")
@@ -64,6 +71,13 @@ _pool = descriptor_pool.DescriptorPool()
 _pool.AddSerializedFile(_file().SerializeToString())
 
 PodSandboxConfig = message_factory.GetMessageClass(_pool.FindMessageTypeByName(TYPE_NAME))
+NODE = 2  # NamespaceMode: the node's namespace
+
+
+def node_namespaces(config: Message) -> list[str]:
+    """Which of network, pid and ipc the pod asks to share with the node (hostNetwork...)."""
+    options = config.linux.security_context.namespace_options
+    return [name for name in ("network", "pid", "ipc") if getattr(options, name) == NODE]
 
 
 def unpack(options: any_pb2.Any) -> Message | None:

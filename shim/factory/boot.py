@@ -170,9 +170,10 @@ async def restore_clone(config: GraftConfig, vm_id: str, paths: VmPaths, netns: 
 async def refresh_clone_identity(agent: AgentClient) -> None:
     """Every clone resumes with the template's RNG state and wall clock:
     push fresh host entropy and the current time before anything runs."""
-    await agent.reseed_random_dev(os.urandom(RESEED_BYTES))
     now_ns = time.time_ns()
-    await agent.set_guest_date_time(now_ns // 1_000_000_000, (now_ns // 1000) % 1_000_000)
+    await asyncio.gather(  # independent: one round trip's worth of waiting, not two
+        agent.reseed_random_dev(os.urandom(RESEED_BYTES)),
+        agent.set_guest_date_time(now_ns // 1_000_000_000, (now_ns // 1000) % 1_000_000))
 
 
 async def boot_vm(config: GraftConfig, vm_id: str, paths: VmPaths,

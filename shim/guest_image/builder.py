@@ -22,7 +22,8 @@ from . import manifest as manifest_file
 from .agent import (AgentSources, ensure_generated, external_imports, locate_sources, sources_digest,
                     stage_agent)
 from .config import (BUILDER_VERSION, DLOPEN_LIBRARIES, EARLY_MODULES, KERNEL_METAPACKAGE, KERNEL_MODULES,
-                     LIBRARY_PACKAGES, PROGRAM_PACKAGES, PROTOBUF_PROJECT, default_cache_dir)
+                     LIBRARY_PACKAGES, PROGRAM_PACKAGES, PROTOBUF_PROJECT, PYTHON_MODULE_PACKAGES,
+                     default_cache_dir)
 from .cpio import CpioEntry, entries_from_tree, write_cpio
 from .elf import is_elf, read_modinfo
 from .errors import GuestImageError
@@ -58,7 +59,7 @@ _STEPS = (
     "unpacking packages",
     "extracting the kernel",
     "staging kernel modules",
-    "staging python, protobuf and the agent",
+    "staging python, protobuf, python3-seccomp and the agent",
     "staging busybox, crun, runc and shared libraries",
     "byte-compiling and checking python imports",
     "writing the initramfs",
@@ -130,7 +131,8 @@ class _Build:
     def run(self, force: bool) -> GuestImage:
         started = time.monotonic()
         self.step()
-        debs, kernel = self.sources.resolve(list(PROGRAM_PACKAGES + LIBRARY_PACKAGES), KERNEL_METAPACKAGE)
+        debs, kernel = self.sources.resolve(list(PROGRAM_PACKAGES + PYTHON_MODULE_PACKAGES + LIBRARY_PACKAGES),
+                                           KERNEL_METAPACKAGE)
         protobuf_version = _host_protobuf_version()
         agent = self.agent_sources or locate_sources()
         ensure_generated(agent)
@@ -211,6 +213,8 @@ class _Build:
         self.step()
         stage_python(rootfs, [pkg_roots[n] for n in PROGRAM_PACKAGES if "python" in n])
         extract_wheel(wheel, rootfs.path / GRAFT_LIB, select=_is_protobuf_runtime_file)
+        for name in PYTHON_MODULE_PACKAGES:
+            _stage_dist_packages(rootfs, pkg_roots[name], name)
         agent_dirs = stage_agent(rootfs, agent)
 
         self.step()
@@ -315,6 +319,16 @@ def _install(built: Path, target: Path) -> None:
         staging = target.with_name(f".{target.name}.tmp")
         shutil.copyfile(built, staging)
         os.replace(staging, target)
+
+
+def _stage_dist_packages(rootfs: Rootfs, package_root: Path, name: str) -> None:
+    """A Debian python3-* package's modules, next to the agent (on the guest's PYTHONPATH)."""
+    dist = package_root / "usr/lib/python3/dist-packages"
+    files = [p for p in dist.rglob("*") if p.is_file()] if dist.is_dir() else []
+    if not files:
+        raise GuestImageError(f"{name} has no /usr/lib/python3/dist-packages files")
+    for path in files:
+        rootfs.copy_file(path, f"{GRAFT_LIB}/{path.relative_to(dist).as_posix()}", mode=0o644)
 
 
 def _is_protobuf_runtime_file(rel: str) -> bool:

@@ -24,6 +24,12 @@ PROGRAM_PACKAGES = (
     "runc",
 )
 
+# Debian packages of Python modules the agent imports (their dist-packages files are staged
+# next to the agent): libseccomp's binding compiles seccomp profiles for native containers.
+PYTHON_MODULE_PACKAGES = (
+    "python3-seccomp",
+)
+
 # Debian packages providing the shared libraries of the programs above (the builder resolves the
 # DT_NEEDED closure against them and fails naming any library it cannot find here).
 LIBRARY_PACKAGES = (

@@ -186,6 +186,11 @@ class Hypervisor(abc.ABC):
         whole blocks (GetGuestDetails.mem_block_size_bytes)."""
         raise HypervisorError(f"{type(self).__name__} cannot hot-add memory")
 
+    def relocate(self, paths: VmPaths) -> None:
+        """The run dir was renamed to paths.run_dir under a running VM (a VM prepared ahead
+        of its sandbox): only the host-side view changes."""
+        raise HypervisorError(f"{type(self).__name__} cannot be relocated")
+
     @abc.abstractmethod
     async def wait_exit(self) -> int:
         """Block until the VMM process exits; returns its exit status."""

@@ -61,13 +61,21 @@ def tail_of_file(path: Path, lines: int = 20, max_bytes: int = 64 * 1024) -> str
 class VmmProcess:
     """One running VMM process. Create with :meth:`spawn`."""
 
+    @property
+    def log_path(self) -> Path:
+        return self._logs[0].path
+
+    def relocate_logs(self, old_dir: Path, new_dir: Path) -> None:
+        """The run dir holding the logs was renamed from *old_dir* to *new_dir*."""
+        for each in self._logs:
+            each.path = new_dir / each.path.relative_to(old_dir)
+
     def __init__(self, proc: asyncio.subprocess.Process, name: str, logs: Sequence[BoundedLog],
                  exited: asyncio.Event | None = None,
                  on_exit: Callable[[int], None] | None = None) -> None:
         self._proc = proc
         self.name = name
         self._logs = list(logs)  # [stdout+stderr, then what the caller handed over]
-        self.log_path = self._logs[0].path
         # Set once the process is reaped; may be an event owned by the caller.
         self.exited = exited if exited is not None else asyncio.Event()
         self._on_exit = on_exit  # called with the exit status once reaped

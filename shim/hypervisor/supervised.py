@@ -65,6 +65,18 @@ class SupervisedHypervisor(Hypervisor):
             log.warning("%s", self._describe(
                 f"{self.PROCESS_NAME} exited unexpectedly (status {status})"))
 
+    def relocate(self, paths: VmPaths) -> None:
+        """The caller renamed the run dir (paths.run_dir, which is new) while the VM runs:
+        the VMM's fds and connections do not care; paths this object keeps follow."""
+        old = self.paths.run_dir
+        rebase = lambda p: paths.run_dir / p.relative_to(old) if p.is_relative_to(old) else p  # noqa: E731
+        self._created = [rebase(p) for p in self._created]
+        self.paths = paths
+        self._describe.process_log = self.process_log
+        self._describe.console_log = paths.console_log
+        if self._process is not None:
+            self._process.relocate_logs(old, paths.run_dir)
+
     def _claim_launch(self) -> None:
         if self._launched:
             raise HypervisorError(f"VM {self.vm_id}: already launched (one VMM per object)")

@@ -10,12 +10,12 @@ from .agent_messages import agent_interface, agent_routes
 from .model import (AmbiguousPodInterface, EndpointExists, IpAddress, NetlinkFailure, NetnsNotFound,
                     NoPodInterface, NotANetns, PodEndpoint, PodInterface, RouteInfo, TapNotFound)
 from .netns import run_in_netns
-from .tcfilter import (DEFAULT_TAP_NAME, attach_endpoint, detach_endpoint, discover_pod_interface,
-                       open_tap_fds)
+from .tcfilter import (DEFAULT_TAP_NAME, adopt_tap, attach_endpoint, detach_endpoint,
+                       discover_pod_interface, endpoint_of, open_tap_fds)
 
 __all__ = [
     "AmbiguousPodInterface", "DEFAULT_TAP_NAME", "EndpointExists", "IpAddress", "NetlinkFailure",
     "NetnsNotFound", "NoPodInterface", "NotANetns", "PodEndpoint", "PodInterface", "RouteInfo",
-    "TapNotFound", "agent_interface", "agent_routes", "attach_endpoint", "detach_endpoint",
-    "discover_pod_interface", "open_tap_fds", "run_in_netns",
+    "TapNotFound", "adopt_tap", "agent_interface", "agent_routes", "attach_endpoint",
+    "detach_endpoint", "discover_pod_interface", "endpoint_of", "open_tap_fds", "run_in_netns",
 ]

@@ -99,6 +99,15 @@ class Netlink:
             self._ipr.link("set", index=index, IFLA_AF_SPEC={"attrs": [
                 ["AF_INET6", {"attrs": [["IFLA_INET6_ADDR_GEN_MODE", IN6_ADDR_GEN_MODE_NONE]]}]]})
 
+    def rename(self, index: int, name: str) -> None:
+        with self._op(f"rename link {index} to {name}"):
+            self._ipr.link("set", index=index, ifname=name)
+
+    def move_to_netns(self, index: int, netns_fd: int) -> None:
+        """Move the link into the netns of *netns_fd* (a tap keeps its open queues)."""
+        with self._op(f"move link {index} to another netns"):
+            self._ipr.link("set", index=index, net_ns_fd=netns_fd)
+
     def delete_link(self, index: int) -> None:
         with self._op(f"delete link {index}"):
             self._ipr.link("del", index=index)

@@ -20,7 +20,7 @@ from shim.errors import InvalidArgument
 from .model import (AmbiguousPodInterface, NetnsNotFound, NoPodInterface, NotANetns, PodEndpoint,
                     PodInterface, TapNotFound)
 from .netlink import Link, Netlink
-from .netns import run_in_netns
+from .netns import open_netns, run_in_netns
 from .tuntap import create_persistent_tap, open_tap_queue, validate_ifname
 
 DEFAULT_TAP_NAME = "tap0_graft"
@@ -45,6 +45,27 @@ def attach_endpoint(netns: Path, tap_name: str = DEFAULT_TAP_NAME, *,
         raise InvalidArgument(f"queues must be >= 1, not {queues}")
     netns = Path(netns)
     return run_in_netns(netns, lambda: _attach(netns, tap_name, interface, queues))
+
+
+def adopt_tap(netns: Path, current_name: str, tap_name: str = DEFAULT_TAP_NAME, *,
+              interface: str | None = None, pod: PodInterface | None = None) -> PodEndpoint:
+    """Move tap *current_name* from the caller's netns into *netns* as *tap_name* and wire
+    it to the pod interface like attach_endpoint (a VM restored ahead of its pod keeps its
+    tap fd: only the device moves). *pod*: the interface, if already discovered. On failure
+    nothing of graft's is left in *netns*."""
+    validate_ifname(current_name)
+    validate_ifname(tap_name)
+    netns = Path(netns)
+    ns_fd = open_netns(netns)
+    try:
+        with Netlink() as nl:
+            link = nl.link(current_name)
+            if link is None or link.kind != "tun":
+                raise TapNotFound(f"no tap device {current_name} to move into {netns}")
+            nl.move_to_netns(link.index, ns_fd)
+    finally:
+        os.close(ns_fd)
+    return run_in_netns(netns, lambda: _adopt(netns, current_name, tap_name, interface, pod))
 
 
 def detach_endpoint(netns: Path, tap_name: str = DEFAULT_TAP_NAME) -> None:
@@ -127,6 +148,33 @@ def _is_ipv6_link_local_route(dest: str) -> bool:
 def _attach(netns: Path, tap_name: str, interface: str | None, queues: int) -> PodEndpoint:
     pod = _discover(netns, interface)
     create_persistent_tap(tap_name, multi_queue=queues > 1, vnet_hdr=True)
+    return _wire(netns, pod, tap_name, queues)
+
+
+def _adopt(netns: Path, moved_name: str, tap_name: str, interface: str | None,
+           pod: PodInterface | None) -> PodEndpoint:
+    try:
+        pod = pod or _discover(netns, interface)
+        with Netlink() as nl:
+            moved = nl.link(moved_name)
+            if moved is None:
+                raise TapNotFound(f"tap {moved_name} vanished while moving into {netns}")
+            nl.rename(moved.index, tap_name)
+    except BaseException:
+        _detach(moved_name)
+        raise
+    return _wire(netns, pod, tap_name, 1)
+
+
+def endpoint_of(netns: Path, pod: PodInterface, tap_name: str = DEFAULT_TAP_NAME,
+                queues: int = 1) -> PodEndpoint:
+    """The endpoint *pod* becomes once wired to *tap_name*."""
+    return PodEndpoint(netns=netns, veth_name=pod.name, tap_name=tap_name, mac=pod.mac,
+                       mtu=pod.mtu, addresses=pod.addresses, routes=pod.routes, queues=queues)
+
+
+def _wire(netns: Path, pod: PodInterface, tap_name: str, queues: int) -> PodEndpoint:
+    """Redirect all traffic between the pod interface and the tap, both ways."""
     try:
         with Netlink() as nl:
             tap = nl.link(tap_name)
@@ -142,8 +190,7 @@ def _attach(netns: Path, tap_name: str, interface: str | None, queues: int) -> P
     except BaseException:
         _detach(tap_name)
         raise
-    return PodEndpoint(netns=netns, veth_name=pod.name, tap_name=tap_name, mac=pod.mac,
-                       mtu=pod.mtu, addresses=pod.addresses, routes=pod.routes, queues=queues)
+    return endpoint_of(netns, pod, tap_name, queues)
 
 
 def _detach(tap_name: str) -> None:

@@ -17,7 +17,7 @@ from pathlib import Path
 
 from shim.agent.client import AgentClient
 from shim.config import GraftConfig
-from shim.factory.boot import BootPath, boot_vm
+from shim.factory.boot import BootedVm, BootPath, boot_vm
 from shim.factory.boot_nic import open_clone_tap
 from shim.factory.sizing import VmSize
 from shim.hypervisor.base import Hypervisor, NetworkDevice, VmPaths
@@ -92,19 +92,33 @@ class Sandbox:
                 await asyncio.to_thread(detach_endpoint, attached.netns, attached.tap_name)
             state.remove_run_dir(run_dir)
             raise
+        return await cls.complete(ref, config, paths, booted, endpoint, hostname, dns, timeline)
+
+    @classmethod
+    async def complete(cls, ref: SandboxRef, config: GraftConfig, paths: VmPaths,
+                       booted: BootedVm, endpoint: PodEndpoint | None, hostname: str,
+                       dns: list[str] | None, timeline: Timeline) -> "Sandbox":
+        """The last phase, whichever way the VM came (booted, restored, or handed over from
+        the warm pool): record it, give the guest the pod's network, CreateSandbox. On
+        failure everything is torn down."""
         sandbox = cls(ref, config, paths, booted.hypervisor, booted.agent,
                       booted.boot_path, booted.size)
         sandbox.endpoint = endpoint
-        try:
-            sandbox._record_state(booted.seconds)
+        async def network() -> None:
             if endpoint is not None:
                 await sandbox._plug_network(endpoint, booted.nic_mac)
                 timeline.mark("nic ready")
+
+        async def guest_sandbox() -> None:
             await booted.agent.create_sandbox(
                 sandbox_id=ref.id, hostname=hostname or ref.id[:63],
                 share_mount_tag=booted.hypervisor.config.share_mount_tag,
                 share_mount_point=GUEST_SHARE_MOUNT, dns=dns)
             timeline.mark("sandbox ready")
+        try:
+            sandbox._record_state(booted.seconds)
+            # Independent in the guest: the pod's NIC, and its hostname, DNS and share.
+            await _all(network(), guest_sandbox())
         except BaseException:
             timeline.detach()
             await sandbox.stop()
@@ -209,6 +223,14 @@ class Sandbox:
             self._stopped.set()
         if failures:
             raise failures[0]
+
+
+async def _all(*steps) -> None:
+    """Run *steps* together; when one fails, wait for the others, then raise the first."""
+    results = await asyncio.gather(*steps, return_exceptions=True)
+    for result in results:
+        if isinstance(result, BaseException):
+            raise result
 
 
 async def _collect(failures: list[BaseException], step) -> None:

@@ -15,6 +15,7 @@ import signal
 import socket
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from shim.events import Publisher
 from shim.task.backend import PodBackend
@@ -24,6 +25,9 @@ from shim.timeline import START_EXEC_ENV, Timeline
 from shim.ttrpc import Server
 
 from .args import ShimArgs
+
+if TYPE_CHECKING:
+    from shim.sandbox.warm import WarmVm
 from .reaper import Reaper, become_subreaper
 from . import socket_address
 
@@ -154,7 +158,10 @@ class Daemon:
                 return
 
 
-def serve(args: ShimArgs, listen_fd: int, config_path: str) -> int:
+async def serve_async(args: ShimArgs, listen_fd: int, config_path: str,
+                      warm: "WarmVm | None" = None) -> int:
+    """Serve the pod on *listen_fd* until the daemon stops; the exit status. *warm*: a VM
+    restored ahead of this pod (warm pool), used if it suits the pod's config."""
     from shim.task.vm_backend import VmBackend
 
     become_subreaper()
@@ -164,18 +171,22 @@ def serve(args: ShimArgs, listen_fd: int, config_path: str) -> int:
     if os.environ.get(START_EXEC_ENV):
         timeline.mark("shim exec", float(os.environ[START_EXEC_ENV]))
     daemon = Daemon(args, listener, lambda: VmBackend(config_path, args.namespace, args.address,
-                                                      timeline), timeline=timeline)
-    loop = asyncio.new_event_loop()
-    status = 0
+                                                      timeline, warm), timeline=timeline)
     try:
-        loop.run_until_complete(daemon.run())
+        await daemon.run()
     except BaseException:
         log.exception("shim daemon failed")
         socket_address.remove(daemon.socket_path)  # run() may have failed before owning it
-        status = 1
+        return 1
+    return 0
+
+
+def serve(args: ShimArgs, listen_fd: int, config_path: str) -> int:
+    loop = asyncio.new_event_loop()
+    try:
+        return loop.run_until_complete(serve_async(args, listen_fd, config_path))
     finally:
         # Everything we own is cleaned up by now. The caller exits with os._exit: a worker
         # thread stuck in a blocking call (asyncio.run would join it) must not keep a
         # finished shim alive.
         logging.shutdown()
-    return status

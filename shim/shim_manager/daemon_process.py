@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import signal
+from collections.abc import Callable
 
 from .args import ShimArgs, to_argv
 
@@ -44,26 +45,33 @@ def is_shim_process(cmdline: list[str], containerd_address: str | None = None) -
     return containerd_address is None or f" -address {containerd_address} " in joined
 
 
+def become_pod_daemon(args: ShimArgs, config_path: str,
+                      environ: dict[str, str] | None = None) -> None:
+    """Name, signals, environment, cwd and logging of the pod's daemon (this process)."""
+    import setproctitle
+
+    # First: it finds the room for the title next to the original environment, which
+    # replacing os.environ below moves away.
+    setproctitle.setproctitle(process_title(args))
+    for sig, disposition in _DISPOSITIONS.items():
+        signal.signal(sig, disposition)
+    if environ is not None:
+        os.environ.clear()
+        os.environ.update(environ)
+    os.chdir(args.bundle)
+    from .logging_setup import log_level, setup_logging
+
+    setup_logging(args.bundle, log_level(config_path, args.debug), "serve")
+
+
 def run_daemon(args: ShimArgs, listen_fd: int, config_path: str,
                environ: dict[str, str] | None = None) -> None:
     """Never returns: serves the pod on *listen_fd*, then exits the process."""
     status = 1
     try:
-        import setproctitle
-
-        # First: it finds the room for the title next to the original environment, which
-        # replacing os.environ below moves away.
-        setproctitle.setproctitle(process_title(args))
-        for sig, disposition in _DISPOSITIONS.items():
-            signal.signal(sig, disposition)
-        if environ is not None:
-            os.environ.clear()
-            os.environ.update(environ)
-        os.chdir(args.bundle)
+        become_pod_daemon(args, config_path, environ)
         from .daemon import serve
-        from .logging_setup import log_level, setup_logging
 
-        setup_logging(args.bundle, log_level(config_path, args.debug), "serve")
         status = serve(args, listen_fd, config_path)
     finally:
         os._exit(status)
@@ -77,14 +85,23 @@ def fork_daemon(args: ShimArgs, listen_fd: int, config_path: str,
     double_fork: the daemon must not stay the caller's child (the fork server lives on);
     `start` exits right away, so one fork is enough there (the daemon is re-parented).
     close: the caller's fds the daemon must not keep (the fork server's sockets)."""
-    if not double_fork:
-        pid = os.fork()
-        if pid == 0:
-            os.setsid()
-            detach_stdio()
-            _close(close)
-            run_daemon(args, listen_fd, config_path, environ)
-        return pid
+    def daemon() -> None:
+        run_daemon(args, listen_fd, config_path, environ)
+
+    if double_fork:
+        return fork_detached(daemon, close)
+    pid = os.fork()
+    if pid == 0:
+        os.setsid()
+        detach_stdio()
+        _close(close)
+        daemon()
+    return pid
+
+
+def fork_detached(run: Callable[[], None], close: tuple[int, ...] = ()) -> int:
+    """Run *run* (which never returns) in a grandchild in a session of its own, stdio on
+    /dev/null, *close* closed: nobody's child once the middle process exits. Its pid."""
     read_end, write_end = os.pipe()
     middle = os.fork()
     if middle == 0:
@@ -96,7 +113,7 @@ def fork_daemon(args: ShimArgs, listen_fd: int, config_path: str,
                 os.close(write_end)
                 detach_stdio()
                 _close(close)
-                run_daemon(args, listen_fd, config_path, environ)
+                run()
             os.write(write_end, str(pid).encode())
         finally:
             os._exit(0)
@@ -107,7 +124,7 @@ def fork_daemon(args: ShimArgs, listen_fd: int, config_path: str,
         os.close(read_end)
         os.waitpid(middle, 0)
     if not reported:
-        raise OSError("the daemon could not be forked")
+        raise OSError("the process could not be forked")
     return int(reported)
 
 

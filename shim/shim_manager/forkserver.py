@@ -19,10 +19,12 @@ import select
 import socket
 import struct
 import sys
+import time
 
 from .args import parse_args
 from .daemon_process import fork_daemon
 from .handoff import code_stamp
+from .pool import Pools
 
 IDLE_SECONDS = 600.0
 _MAX_MESSAGE = 1 << 20
@@ -35,6 +37,7 @@ _WARM_MODULES = (
     "shim.sandbox_service", "shim.task.sandbox_controller", "shim.task.manager", "shim.task.vm_backend", "shim.sandbox.sandbox", "shim.sandbox.state",
     "shim.factory.boot", "shim.factory.template", "shim.factory.sizing", "shim.hypervisor.qemu",
     "shim.agent.client", "shim.network", "shim.network.netlink", "pyroute2",
+    "shim.sandbox.warm", "shim.shim_manager.pool_member",
 )
 
 
@@ -54,7 +57,7 @@ def _peer_allowed(conn: socket.socket) -> bool:
     return uid in (0, os.getuid())
 
 
-def _handle(conn: socket.socket, own_fds: tuple[int, ...], stamp: str) -> bool:
+def _handle(conn: socket.socket, own_fds: tuple[int, ...], stamp: str, pools: Pools) -> bool:
     """Serve one request; False when this server must exit (its code is stale)."""
     message, fds, _, _ = socket.recv_fds(conn, _MAX_MESSAGE, 4)
     try:
@@ -73,10 +76,14 @@ def _handle(conn: socket.socket, own_fds: tuple[int, ...], stamp: str) -> bool:
         if request.get("stamp") != stamp:
             conn.send(json.dumps({"stale": True}).encode())
             return False
-        args = parse_args(request["args"], cwd=request["bundle"])
-        pid = fork_daemon(args, fds[0], str(request.get("config_path", "")),
-                          dict(request.get("env") or {}), double_fork=True,
-                          close=(*own_fds, conn.fileno()))
+        config_path = str(request.get("config_path", ""))
+        pools.note_config(config_path)
+        pid = pools.hand_over(config_path, request, fds[0])
+        if pid is None:
+            args = parse_args(request["args"], cwd=request["bundle"])
+            pid = fork_daemon(args, fds[0], config_path, dict(request.get("env") or {}),
+                              double_fork=True,
+                              close=(*own_fds, conn.fileno(), *pools.fds()))
         conn.send(json.dumps({"pid": pid}).encode())
         return True
     finally:
@@ -86,8 +93,6 @@ def _handle(conn: socket.socket, own_fds: tuple[int, ...], stamp: str) -> bool:
 
 def _take(lock: int, patience: float = 1.0) -> bool:
     """The server lock; a stale server about to exit may still hold it for a moment."""
-    import time
-
     deadline = time.monotonic() + patience
     while True:
         try:
@@ -142,18 +147,33 @@ def serve(path: str) -> None:
         finally:
             os.umask(old)
         listener.listen(64)
+        own = (listener.fileno(), lock)
+        pools = Pools(own)
+        idle_since = time.monotonic()
         while True:
-            ready, _, _ = select.select([listener], [], [], IDLE_SECONDS)
-            if not ready:
-                return
-            conn, _ = listener.accept()
-            with conn:
-                conn.settimeout(5.0)
-                try:
-                    if not _handle(conn, (listener.fileno(), lock), stamp):
-                        return
-                except (OSError, ValueError, KeyError, TypeError):
-                    continue  # one bad request never takes the server down
+            timeout = IDLE_SECONDS if pools.active else IDLE_SECONDS - (
+                time.monotonic() - idle_since)
+            wakeup = pools.next_wakeup()
+            if wakeup is not None:
+                timeout = min(timeout, wakeup + 0.01)
+            ready, _, _ = select.select([listener, *pools.sockets()], [], [], max(0.0, timeout))
+            for sock in ready:
+                if sock is not listener:
+                    pools.on_readable(sock)
+            if listener in ready:
+                idle_since = time.monotonic()
+                conn, _ = listener.accept()
+                with conn:
+                    conn.settimeout(5.0)
+                    try:
+                        if not _handle(conn, own, stamp, pools):
+                            return
+                    except (OSError, ValueError, KeyError, TypeError):
+                        pass  # one bad request never takes the server down
+            elif not ready and not pools.active and \
+                    time.monotonic() - idle_since >= IDLE_SECONDS:
+                return  # idle, and no pool to keep warm
+            pools.fill()
     finally:
         try:
             os.unlink(path)
@@ -163,11 +183,26 @@ def serve(path: str) -> None:
         os.close(lock)
 
 
+def _log_beside(path: str) -> None:
+    """The server's own log (pool members failing, refused requests): <socket>.log, 1 MiB
+    and one rotated part (it lives on /run, i.e. in RAM)."""
+    import logging
+    import logging.handlers
+
+    handler = logging.handlers.RotatingFileHandler(path + ".log", maxBytes=1 << 20,
+                                                   backupCount=1)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(logging.INFO)
+
+
 def main(path: str) -> None:
     import setproctitle
 
     setproctitle.setproctitle(f"containerd-shim-graft-v2 fork-server {path}")
     os.chdir("/")  # not the bundle of the pod whose start spawned us
+    _log_beside(path)
     try:
         serve(path)
     finally:

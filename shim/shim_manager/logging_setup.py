@@ -42,6 +42,15 @@ def log_level(config_path: str, debug: bool) -> int:
     return logging.getLevelName(str(name).upper())
 
 
+def replace_handlers(handler: logging.Handler) -> None:
+    """*handler* becomes the only one; inherited ones (a process forked off the fork server
+    inherits its log file) are closed here, not in their owner."""
+    root = logging.getLogger()
+    for old in root.handlers:
+        old.close()
+    root.handlers[:] = [handler]
+
+
 def setup_logging(bundle: str | Path, level: int, component: str) -> None:
     root = logging.getLogger()
     root.setLevel(level)
@@ -51,10 +60,10 @@ def setup_logging(bundle: str | Path, level: int, component: str) -> None:
         # No fifo or no reader: stay silent. stdout/stderr are not ours to use (`start`'s are
         # read as the address), and without a handler logging's last resort writes warnings
         # to stderr.
-        root.addHandler(logging.NullHandler())
+        replace_handlers(logging.NullHandler())
         return
     handler = _FifoHandler(fd)
     handler.setFormatter(logging.Formatter(
         f'time="%(asctime)s" level=%(levelname)s msg="%(message)s" runtime=graft '
         f'component={component} logger=%(name)s'))
-    root.addHandler(handler)
+    replace_handlers(handler)

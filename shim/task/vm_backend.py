@@ -21,6 +21,7 @@ import signal as signals
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from shim.agent.client import AgentClient
 from shim.agent.pacing import MinInterval
@@ -33,11 +34,14 @@ from shim.ttrpc import Code, TtrpcError
 from .backend import ContainerConfig, PodVm
 from .bundle import ContainerKind, hostname, network_namespace
 from .errors import FailedPrecondition, NotFound, Unavailable
-from .guest_spec import HostBind, guest_spec
+from .guest_spec import HostBind, check_sandbox_namespaces, guest_spec
 from .guest_undo import GuestUndo, ignoring_gone
 from .metrics import metrics_from_agent, vm_metrics
 from .process import ExitInfo
 from .stdio import StdioSpec
+
+if TYPE_CHECKING:
+    from shim.sandbox.warm import WarmVm
 
 log = logging.getLogger(__name__)
 
@@ -81,8 +85,10 @@ class _AgentStreams:
 
 class VmBackend:
     def __init__(self, config_path: str = "", namespace: str = LOCAL_NAMESPACE,
-                 owner: str = "", timeline: Timeline | None = None) -> None:
+                 owner: str = "", timeline: Timeline | None = None,
+                 warm: "WarmVm | None" = None) -> None:
         self._config_path = config_path
+        self._warm = warm  # a VM restored ahead of this pod (warm pool), if it suits
         self._namespace = namespace
         self._owner = owner  # containerd's address: part of the sandbox's name on the host
         self.timeline = timeline or Timeline()
@@ -142,14 +148,21 @@ class VmBackend:
     async def _launch(self, pod: PodVm) -> None:
         from shim.config import load_config
         from shim.sandbox.sandbox import Sandbox
+        from shim.sandbox.warm import adopt_warm_vm
 
         if self._sandbox is not None or self._vm_exit is not None:
             raise FailedPrecondition(f"this shim already ran pod {self._sandbox_id}")
         graft_config = load_config(self._config_path or None)
         ref = SandboxRef(pod.sandbox_id, self._namespace, self._owner)
-        self._sandbox = await Sandbox.launch(
-            ref, graft_config, netns=pod.netns, hostname=pod.hostname, resources=pod.resources,
-            timeline=self.timeline)
+        warm, self._warm = self._warm, None
+        if warm is not None:
+            self._sandbox = await adopt_warm_vm(
+                warm, ref, graft_config, netns=pod.netns, hostname=pod.hostname,
+                resources=pod.resources, timeline=self.timeline)
+        if self._sandbox is None:
+            self._sandbox = await Sandbox.launch(
+                ref, graft_config, netns=pod.netns, hostname=pod.hostname,
+                resources=pod.resources, timeline=self.timeline)
         self._sandbox_id = pod.sandbox_id
         loop = asyncio.get_running_loop()
         self._vm_exit = loop.create_future()
@@ -187,6 +200,7 @@ class VmBackend:
     async def create_container(self, config: ContainerConfig) -> int:
         self.timeline.mark(f"{config.id} create")
         if config.kind in (ContainerKind.POD_VM, ContainerKind.SINGLE):
+            check_sandbox_namespaces(config.spec)
             await self._launch(_pod_vm(config))
             self._vm_owned_by_task = True
         elif self._sandbox is None or config.sandbox_id != self._sandbox_id:
@@ -200,8 +214,10 @@ class VmBackend:
             spec, binds = guest_spec(config.spec, f"{GUEST_SHARE_MOUNT}/{_MOUNTS_DIR}/{config.id}")
             self._expose_binds(config.id, binds)
             guest_rootfs = self._sandbox.add_container_rootfs(config.id, config.rootfs)
+            self.timeline.mark(f"{config.id} rootfs ready")
             await self._undo.call((config.id, ""), self.agent.create_container(
-                config.id, json.dumps(spec).encode(), guest_rootfs, stdin=config.stdio.has_stdin),
+                config.id, json.dumps(spec).encode(), guest_rootfs, stdin=config.stdio.has_stdin,
+                runtime=self._sandbox.config.get("agent", "runtime")),
                 undo=lambda: ignoring_gone(self.agent.remove_container(config.id, force=True)))
             self.timeline.mark(f"{config.id} created")
         except BaseException:

@@ -194,3 +194,122 @@ def test_cri_pod_with_two_containers_shares_one_vm(runtime, containerd):
     assert not shim_sockets() - before, "the pod's shim socket is left"
     assert not _shims_of(containerd.address), "the pod's shim process is left"
     assert not _vmm_pids_of(pod), "the pod's VM is left"
+
+
+def _guest_console(pod: str) -> str:
+    """The pod VM's console (the guest agent logs there), found by the sandbox's owner record."""
+    from shim.sandbox.state import SANDBOXES_DIR, read_owner
+
+    for directory in (Path("/run/graft") / SANDBOXES_DIR).iterdir():
+        owner = read_owner(directory)
+        if owner is not None and owner.id == pod:
+            return (directory / "console.log").read_text(errors="replace")
+    raise AssertionError(f"no state directory for pod {pod}")
+
+
+# kubelet's defaults for a non-privileged container (securitycontext package)
+KUBELET_MASKED = ["/proc/acpi", "/proc/asound", "/proc/kcore", "/proc/keys", "/proc/latency_stats",
+                  "/proc/timer_list", "/proc/timer_stats", "/proc/sched_debug", "/proc/scsi",
+                  "/sys/firmware"]
+KUBELET_READONLY = ["/proc/bus", "/proc/fs", "/proc/irq", "/proc/sys", "/proc/sysrq-trigger"]
+
+
+def test_cri_pod_runs_on_the_native_guest_runtime(runtime):
+    """A pod as kubelet would ask for it (RuntimeDefault seccomp, masked and read-only paths,
+    a non-root user, limits) runs on the agent's native runtime, the default."""
+    skip_or_fail(vm_missing())
+    rt = runtime
+    pod_config = _pod_config("pod-native", rt.log_root)
+    pod = rt.RunPodSandbox(cri.RunPodSandboxRequest(config=pod_config, runtime_handler="graft"),
+                           timeout=300).pod_sandbox_id
+    try:
+        security = cri.LinuxContainerSecurityContext(
+            seccomp=cri.SecurityProfile(profile_type=cri.SecurityProfile.RuntimeDefault),
+            namespace_options=cri.NamespaceOption(pid=cri.CONTAINER),
+            run_as_user=cri.Int64Value(value=1000), masked_paths=KUBELET_MASKED,
+            readonly_paths=KUBELET_READONLY, no_new_privs=True)
+        cid = rt.CreateContainer(cri.CreateContainerRequest(
+            pod_sandbox_id=pod, sandbox_config=pod_config, config=cri.ContainerConfig(
+                metadata=cri.ContainerMetadata(name="app"), image=cri.ImageSpec(image=IMAGE),
+                command=["sleep", "1000"], log_path="app.log",
+                linux=cri.LinuxContainerConfig(security_context=security, resources=cri.LinuxContainerResources(
+                    memory_limit_in_bytes=64 << 20, cpu_quota=50000, cpu_period=100000)))),
+            timeout=300).container_id
+        rt.StartContainer(cri.StartContainerRequest(container_id=cid), timeout=300)
+        sync = rt.ExecSync(cri.ExecSyncRequest(container_id=cid, timeout=60, cmd=[
+            "sh", "-c", "grep -E '^(Uid|Seccomp|NoNewPrivs|CapEff):' /proc/self/status; "
+                        "cat /sys/fs/cgroup$(sed -n 's/^0:://p' /proc/self/cgroup)/memory.max; "
+                        "head -c 1 /proc/kcore | wc -c; "
+                        "awk '$5 == \"/proc/sys\" {print \"proc/sys:\", $6}' /proc/self/mountinfo"]),
+            timeout=300)
+        out = sync.stdout.decode()
+        assert sync.exit_code == 0, sync.stderr
+        for line in ("Uid:\t1000\t1000\t1000\t1000", "Seccomp:\t2", "NoNewPrivs:\t1",
+                     "CapEff:\t0000000000000000", "67108864", "\n0\n", "proc/sys: ro,"):
+            assert line in out, out
+        assert f"created container {cid} (native, pid" in _guest_console(pod)
+    finally:
+        rt.StopPodSandbox(cri.StopPodSandboxRequest(pod_sandbox_id=pod), timeout=120)
+        rt.RemovePodSandbox(cri.RemovePodSandboxRequest(pod_sandbox_id=pod), timeout=120)
+
+
+def _exec(rt, cid: str, script: str) -> str:
+    sync = rt.ExecSync(cri.ExecSyncRequest(container_id=cid, cmd=["sh", "-c", script], timeout=60),
+                       timeout=300)
+    assert sync.exit_code == 0, sync.stdout + sync.stderr
+    return sync.stdout.decode()
+
+
+def test_cri_containers_of_a_pod_share_ipc_uts_shm_and_pid_when_asked(runtime):
+    """Two containers of one pod (shareProcessNamespace): one /dev/shm, one IPC namespace
+    (a POSIX message queue made in one is seen by the other), the pod's hostname, one PID
+    namespace in which neither sees the guest agent."""
+    skip_or_fail(vm_missing())
+    rt = runtime
+    pod_config = _pod_config("pod-shared", rt.log_root)
+    shared_pid = cri.NamespaceOption(pid=cri.POD)
+    pod_config.linux.security_context.namespace_options.CopyFrom(shared_pid)
+    pod = rt.RunPodSandbox(cri.RunPodSandboxRequest(config=pod_config, runtime_handler="graft"),
+                           timeout=300).pod_sandbox_id
+    try:
+        cids = {}
+        for name in ("writer", "reader"):
+            cids[name] = rt.CreateContainer(cri.CreateContainerRequest(
+                pod_sandbox_id=pod, sandbox_config=pod_config, config=cri.ContainerConfig(
+                    metadata=cri.ContainerMetadata(name=name), image=cri.ImageSpec(image=IMAGE),
+                    command=["sleep", "1006"], log_path=f"{name}.log",
+                    linux=cri.LinuxContainerConfig(security_context=cri.LinuxContainerSecurityContext(
+                        namespace_options=shared_pid)))), timeout=300).container_id
+            rt.StartContainer(cri.StartContainerRequest(container_id=cids[name]), timeout=300)
+        namespaces = "for n in ipc uts pid; do readlink /proc/self/ns/$n; done"
+        writer = _exec(rt, cids["writer"], f"echo hi >/dev/shm/x; touch /dev/mqueue/q; {namespaces}")
+        reader = _exec(rt, cids["reader"], f"cat /dev/shm/x; ls /dev/mqueue; hostname; {namespaces}; "
+                                           "ps -o pid,args")
+        lines = reader.splitlines()
+        assert lines[:3] == ["hi", "q", "pod-shared"], reader
+        assert lines[3:6] == writer.splitlines(), (writer, reader)
+        processes = "\n".join(lines[7:])
+        assert processes.count("sleep 1006") == 2, reader   # the other container's too
+        assert "python" not in processes and "graft_agent" not in processes, reader
+    finally:
+        rt.StopPodSandbox(cri.StopPodSandboxRequest(pod_sandbox_id=pod), timeout=120)
+        rt.RemovePodSandbox(cri.RemovePodSandboxRequest(pod_sandbox_id=pod), timeout=120)
+
+
+@pytest.mark.parametrize("option, name", [("pid", "hostPID"), ("ipc", "hostIPC"),
+                                          ("network", "hostNetwork")])
+def test_cri_pod_asking_for_node_namespaces_is_refused(runtime, containerd, option, name):
+    skip_or_fail(vm_missing())
+    before = shim_sockets()
+    pod_config = _pod_config(f"pod-{option}", runtime.log_root)
+    setattr(pod_config.linux.security_context.namespace_options, option, cri.NODE)
+    with pytest.raises(grpc.RpcError) as err:
+        runtime.RunPodSandbox(cri.RunPodSandboxRequest(config=pod_config, runtime_handler="graft"),
+                              timeout=300)
+    assert name in err.value.details() and "own VM" in err.value.details(), err.value.details()
+    deadline = time.monotonic() + 15
+    while (shim_sockets() - before or _shims_of(containerd.address)) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not shim_sockets() - before and not _shims_of(containerd.address)
+    listed = runtime.ListPodSandbox(cri.ListPodSandboxRequest()).items
+    assert not [p for p in listed if p.metadata.name == f"pod-{option}" and p.state == cri.SANDBOX_READY]

@@ -22,8 +22,10 @@ import pytest
 
 from shim.errors import InvalidArgument
 from shim.network import (DEFAULT_TAP_NAME, AmbiguousPodInterface, EndpointExists, NetlinkFailure,
-                          NetnsNotFound, NoPodInterface, NotANetns, TapNotFound, attach_endpoint,
-                          detach_endpoint, discover_pod_interface, open_tap_fds, run_in_netns)
+                          NetnsNotFound, NoPodInterface, NotANetns, TapNotFound, adopt_tap,
+                          attach_endpoint, detach_endpoint, discover_pod_interface, open_tap_fds,
+                          run_in_netns)
+from shim.network.tuntap import open_transient_tap
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0 or shutil.which("ip") is None
                                 or shutil.which("tc") is None,
@@ -204,6 +206,45 @@ def test_attach_creates_tap_and_redirects_both_ways(pod_net: PodNet) -> None:
     finally:
         detach_endpoint(pod_net.path)
     assert elapsed < 1.0, f"attach took {elapsed:.3f}s"
+
+
+def test_adopted_tap_moves_in_keeps_its_fd_and_carries_traffic(pod_net: PodNet) -> None:
+    """A VM restored ahead of its pod holds a transient tap made in the host netns: adopting
+    moves that device into the pod netns as tap0_graft and wires it; the fd opened before
+    the move still sends and receives the pod's frames. Detach leaves nothing."""
+    name = f"gn{uuid.uuid4().hex[:12]}"
+    fd = open_transient_tap(name, vnet_hdr=False)
+    try:
+        ep = adopt_tap(pod_net.path, name)
+        assert name not in link_names_here()
+        assert (ep.veth_name, ep.tap_name, ep.mac) == ("eth0", DEFAULT_TAP_NAME, pod_net.pod_mac)
+        tap = ip_json(pod_net.pod, "link", "show", DEFAULT_TAP_NAME)[0]
+        assert tap["linkinfo"]["info_data"]["persist"] is False  # still gone with its fd
+        assert redirect_targets(pod_net.pod, "eth0") == [DEFAULT_TAP_NAME]
+        assert redirect_targets(pod_net.pod, DEFAULT_TAP_NAME) == ["eth0"]
+        sock = peer_socket(pod_net)
+        try:
+            sock.send(test_frame(pod_net.pod_mac, pod_net.peer_mac, b"adopted-in"))
+            read_tap_until(fd, lambda f: b"adopted-in" in f)
+            os.write(fd, test_frame(pod_net.peer_mac, pod_net.pod_mac, b"adopted-out"))
+            recv_peer_until(sock, b"adopted-out")
+        finally:
+            sock.close()
+    finally:
+        detach_endpoint(pod_net.path)
+        os.close(fd)
+    assert link_names(pod_net.pod) == {"lo", "eth0"}
+    assert not ingress_qdiscs(pod_net.pod, "eth0")
+
+
+def test_adopting_a_missing_tap_changes_nothing(pod_net: PodNet) -> None:
+    with pytest.raises(TapNotFound):
+        adopt_tap(pod_net.path, "gnnotthere0")
+    assert link_names(pod_net.pod) == {"lo", "eth0"} and not ingress_qdiscs(pod_net.pod, "eth0")
+
+
+def link_names_here() -> set[str]:
+    return {link["ifname"] for link in json.loads(run("ip", "-j", "link", "show").stdout)}
 
 
 async def test_usable_from_async_code(pod_net: PodNet) -> None:

@@ -10,10 +10,10 @@ import psutil
 import pytest
 import pytest_asyncio
 
-from shim.agent.streams import copy_output
 from shim.config import GraftConfig
 from shim.oci import default_process, default_spec
 from shim.sandbox.sandbox import Sandbox
+from vm_streams import collect
 
 pytestmark = pytest.mark.vm
 
@@ -23,15 +23,6 @@ async def sandbox(graft_config: GraftConfig):
     box = await Sandbox.launch("it-sandbox", graft_config)
     yield box
     await box.stop()
-
-
-async def collect(box: Sandbox, cid: str, eid: str, stream: str) -> bytes:
-    out = bytearray()
-
-    async def sink(data: bytes) -> None:
-        out.extend(data)
-    await copy_output(box.agent, cid, eid, stream, sink)  # type: ignore[arg-type]
-    return bytes(out)
 
 
 async def run_container(box: Sandbox, cid: str, rootfs: Path, args: list[str],

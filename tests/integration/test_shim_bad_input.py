@@ -35,7 +35,7 @@ from shim_pod import (GRAFT, IMAGE, Shim, assert_pod_works, exec_spec, run_exec,
                       serial, start_pod, stop_pod, use_private_state)
 from shim.api.containerd import shim_pb2 as pb  # noqa: E402
 from shim.oci import default_spec  # noqa: E402
-from shim.ttrpc import Code  # noqa: E402
+from shim.ttrpc import Code, TtrpcError  # noqa: E402
 
 pytestmark = [pytest.mark.containerd, pytest.mark.asyncio(loop_scope="module")]
 
@@ -401,18 +401,16 @@ async def test_an_exec_start_cancelled_by_its_deadline_leaves_no_process(shim):
         assert await run_exec(shim, ["true"], exec_id=eid) == 0
 
 
-async def test_sigint_to_pid_1_from_a_host_pid_container_leaves_the_vm_up(shim):
-    """CRI hostPID: no PID namespace, so PID 1 is the guest agent."""
+async def test_a_host_pid_container_is_refused_and_the_pod_keeps_working(shim):
+    """CRI hostPID (no pid entry in linux.namespaces) would put the container in the guest
+    agent's PID namespace, where PID 1 is the agent: refused, naming hostPID."""
     _graft_only(shim)
     spec = shim.app_spec(["sh", "-c", "kill -INT 1 && kill -INT 1"])
     spec["linux"]["namespaces"] = [ns for ns in spec["linux"]["namespaces"] if ns["type"] != "pid"]
     cid = f"hostpid{next(serial)}"
-    await shim.call("Create", shim.create_request(cid, spec), pb.CreateTaskResponse)
-    await shim.call("Start", pb.StartRequest(id=cid), pb.StartResponse)
-    waited = await shim.call("Wait", pb.WaitRequest(id=cid), pb.WaitResponse, timeout=60)
-    assert waited.exit_status == 0  # the signals were delivered
-    await asyncio.sleep(1.0)
-    await shim.call("Delete", pb.DeleteRequest(id=cid), pb.DeleteResponse)
+    with pytest.raises(TtrpcError) as err:
+        await shim.call("Create", shim.create_request(cid, spec), pb.CreateTaskResponse)
+    assert err.value.code == Code.INVALID_ARGUMENT and "hostPID" in err.value.message
     await assert_pod_works(shim)
 
 

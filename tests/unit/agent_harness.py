@@ -61,6 +61,20 @@ def process_json(args: list[str], terminal: bool = False) -> bytes:
                        "env": ["PATH=/bin", "TERM=xterm"], "cwd": "/"}).encode()
 
 
+def seccomp_binding_dir(workdir: Path) -> Path | None:
+    """A directory holding only Debian's python3-seccomp extension (built for CPython 3.11),
+    so this interpreter can import `seccomp` without the rest of dist-packages."""
+    found = sorted(Path("/usr/lib/python3/dist-packages").glob("seccomp.cpython-311-*.so"))
+    if not found:
+        return None
+    directory = workdir / "seccomp-binding"
+    directory.mkdir(exist_ok=True)
+    link = directory / found[0].name
+    if not link.exists():
+        link.symlink_to(found[0])
+    return directory
+
+
 def host_cgroup2_root() -> Path:
     """Where the host mounts the unified hierarchy (the agent's cgroups show up there)."""
     for line in Path("/proc/self/mountinfo").read_text().splitlines():
@@ -100,7 +114,8 @@ class AgentProcess:
         return host_cgroup2_root() / self.cgroup_parent
 
     def start(self, timeout: float = 20.0) -> None:
-        env = dict(os.environ, PYTHONPATH=str(ROOT))
+        binding = seccomp_binding_dir(self.workdir)
+        env = dict(os.environ, PYTHONPATH=":".join([str(ROOT)] + ([str(binding)] if binding else [])))
         self._log = open(self.log_path, "wb")
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "graft_agent", "--listen", f"unix:{self.socket}", "--no-init",

@@ -13,23 +13,39 @@ def bundle(tmp_path: Path) -> Path:
     """A minimal OCI bundle as containerd lays it out (rootfs + config.json)."""
     b = tmp_path / "bundle"
     (b / "rootfs").mkdir(parents=True)
-    (b / "config.json").write_text(json.dumps({"ociVersion": "1.0.2", "process": {"args": ["sh"]}}))
+    (b / "config.json").write_text(json.dumps({
+        "ociVersion": "1.0.2", "process": {"args": ["sh"]},
+        "linux": {"namespaces": [{"type": t} for t in ("pid", "ipc", "uts", "mount", "network")]}}))
     return b
 
 
 @pytest.fixture(scope="module")
-def agent_process(tmp_path_factory: pytest.TempPathFactory):
-    """The guest agent running on the host (crun, isolated namespaces), one per
-    module; it must exit cleanly and leave nothing behind."""
+def agent_runtime() -> str:
+    """The agent's default container runtime in agent_process (a module may override this
+    fixture, e.g. parametrized over several runtimes)."""
+    return "crun"
+
+
+@pytest.fixture(scope="module")
+def agent_process(tmp_path_factory: pytest.TempPathFactory, agent_runtime: str):
+    """The guest agent running on the host (isolated namespaces), one per module; it must
+    exit cleanly and leave nothing behind."""
     from agent_harness import AgentProcess  # same directory (pytest puts it on sys.path)
 
-    agent = AgentProcess(tmp_path_factory.mktemp("agent"))
+    agent = AgentProcess(tmp_path_factory.mktemp("agent"), runtime=agent_runtime)
     agent.start()
     yield agent
     rc = agent.stop()
     leftovers = agent.leftovers()
     assert rc == 0, agent.log()
     assert not leftovers, f"{leftovers}\n{agent.log()}"
+
+
+@pytest.fixture(scope="module", params=["crun", "native"])
+def each_runtime(request) -> str:
+    """Every guest runtime in turn (a module opts in by overriding agent_runtime with it:
+    one agent_process per runtime)."""
+    return request.param
 
 
 @pytest_asyncio.fixture

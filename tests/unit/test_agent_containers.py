@@ -1,4 +1,5 @@
-"""The guest agent on the host, driven over ttrpc, running containers with real crun/runc."""
+"""The guest agent on the host, driven over ttrpc, running containers with real crun/runc and
+with its native runtime (every test runs under both defaults)."""
 
 from __future__ import annotations
 
@@ -7,7 +8,6 @@ import shutil
 import signal
 
 import pytest
-import pytest_asyncio
 
 from agent_harness import AgentClient, AgentProcess, process_alive, unique
 from graft_agent.api import agent_pb2 as pb
@@ -20,11 +20,9 @@ pytestmark = [
 ]
 
 
-@pytest_asyncio.fixture
-async def agent(agent_process):
-    client = await AgentClient.connect(agent_process)
-    yield client
-    await client.close()
+@pytest.fixture(scope="module")
+def agent_runtime(each_runtime: str) -> str:
+    return each_runtime
 
 
 async def test_echo_hello(agent, busybox_rootfs):
@@ -308,7 +306,9 @@ async def test_errors(agent, busybox_rootfs):
 
     # The runtime's own words come back when it fails.
     code, message = await code_of("CreateContainer", create(unique("nobin"), spec(["/no/such/binary"])))
-    assert code == Code.INTERNAL and "crun create failed" in message and "/no/such/binary" in message, message
+    assert code == Code.INTERNAL and "/no/such/binary" in message, message
+    if agent.agent.runtime == "crun":
+        assert "crun create failed" in message, message
 
     cid = unique("dup")
     await agent.create(cid, ["sleep", "1000"], busybox_rootfs)
@@ -352,10 +352,10 @@ async def test_runc_exec_and_kill(agent, busybox_rootfs):
     await agent.remove(cid)
 
 
-async def test_shutdown_leaves_nothing_behind(tmp_path, busybox_rootfs):
+async def test_shutdown_leaves_nothing_behind(tmp_path, busybox_rootfs, agent_runtime):
     """SIGTERM to an agent with live containers: every process, runtime state, bundle and
     cgroup is gone afterwards."""
-    agent_process = AgentProcess(tmp_path)
+    agent_process = AgentProcess(tmp_path, runtime=agent_runtime)
     agent_process.start()
     try:
         client = await AgentClient.connect(agent_process)

@@ -9,7 +9,6 @@ import signal
 import subprocess
 
 import pytest
-import pytest_asyncio
 from google.protobuf import empty_pb2
 
 from agent_harness import AgentClient, AgentProcess, process_alive, unique
@@ -20,13 +19,6 @@ pytestmark = [
     pytest.mark.skipif(shutil.which("crun") is None, reason="needs crun"),
     pytest.mark.asyncio(loop_scope="session"),
 ]
-
-
-@pytest_asyncio.fixture
-async def agent(agent_process):
-    client = await AgentClient.connect(agent_process)
-    yield client
-    await client.close()
 
 
 def in_agent_netns(agent_process: AgentProcess, *args: str) -> str:

@@ -110,6 +110,9 @@ class AgentFailingReseed:
         assert len(data) == boot.RESEED_BYTES
         raise TtrpcError(Code.INTERNAL, "injected")
 
+    async def set_guest_date_time(self, sec: int, usec: int) -> None:
+        pass
+
     async def close(self) -> None:
         self.closed_calls += 1
 

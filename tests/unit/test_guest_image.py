@@ -363,7 +363,8 @@ def agent_tree(tmp_path: Path) -> AgentSources:
 
 @pytest.fixture
 def fake_sources(tmp_path: Path) -> FakeSources:
-    names = list(builder_mod.PROGRAM_PACKAGES + builder_mod.LIBRARY_PACKAGES)
+    names = list(builder_mod.PROGRAM_PACKAGES + builder_mod.PYTHON_MODULE_PACKAGES
+                 + builder_mod.LIBRARY_PACKAGES)
     debs = {name: tmp_path / "dummy.deb" for name in names}
     (tmp_path / "dummy.deb").write_bytes(b"not extracted in these tests")
     debs["linux-image-6.1.0-9-amd64"] = tmp_path / "kernel.deb"

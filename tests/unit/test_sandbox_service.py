@@ -208,6 +208,9 @@ async def test_bad_create_requests_get_clear_codes(sandbox_api):
          Code.INVALID_ARGUMENT),
         (_create(tmp_path, rootfs=[mount_pb2.Mount(type="bind", source="/x")]),
          Code.UNIMPLEMENTED),
+        (_create(tmp_path, options=_options(linux={"security_context": {
+            "namespace_options": {"pid": cri_pod_config.NODE}}})),   # hostPID
+         Code.INVALID_ARGUMENT),
     ]
     for request, code in cases:
         assert await _code(create(request)) == code, request
@@ -276,7 +279,9 @@ def test_pod_config_fields_match_the_cri_api():
         hostname="web-0", log_directory="/var/log/pods/x", labels={"app": "web"},
         annotations={"io.graft.a": "b"}, dns_config=cri.DNSConfig(servers=["10.0.0.10"]),
         linux=cri.LinuxPodSandboxConfig(
-            cgroup_parent="/kubepods", resources=cri.LinuxContainerResources(
+            cgroup_parent="/kubepods", security_context=cri.LinuxSandboxSecurityContext(
+                namespace_options=cri.NamespaceOption(network=cri.POD, pid=cri.NODE, ipc=cri.CONTAINER)),
+            resources=cri.LinuxContainerResources(
                 cpu_period=100000, cpu_quota=250000, cpu_shares=512,
                 memory_limit_in_bytes=1 << 30)))
     got = cri_pod_config.unpack(any_pb2.Any(
@@ -289,6 +294,9 @@ def test_pod_config_fields_match_the_cri_api():
     assert got.linux.cgroup_parent == "/kubepods"
     assert (r.cpu_period, r.cpu_quota, r.cpu_shares, r.memory_limit_in_bytes) == \
         (100000, 250000, 512, 1 << 30)
+    options = got.linux.security_context.namespace_options
+    assert (options.network, options.pid, options.ipc) == (cri.POD, cri.NODE, cri.CONTAINER)
+    assert cri_pod_config.node_namespaces(got) == ["pid"]
     assert cri_pod_config.PodSandboxConfig.DESCRIPTOR.full_name == \
         cri.PodSandboxConfig.DESCRIPTOR.full_name
 

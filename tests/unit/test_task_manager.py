@@ -321,6 +321,11 @@ async def test_shutdown_closes_backend(env, bundle):
     assert backend.closed and manager.empty.is_set()
 
 
+POD_NAMESPACES = [{"type": "pid"}, {"type": "network", "path": "/proc/9/ns/net"},
+                  {"type": "ipc", "path": "/proc/9/ns/ipc"}, {"type": "uts", "path": "/proc/9/ns/uts"},
+                  {"type": "mount"}]
+
+
 def test_guest_spec_rewrites_host_only_parts():
     from shim.task.guest_spec import guest_spec
 
@@ -333,16 +338,69 @@ def test_guest_spec_rewrites_host_only_parts():
             {"destination": "/dev/shm", "type": "bind", "source": "/run/c/shm",
              "options": ["rbind", "ro"]},
         ],
-        "linux": {"namespaces": [{"type": "pid"}, {"type": "network", "path": "/proc/9/ns/net"},
-                                 {"type": "ipc", "path": "/proc/9/ns/ipc"}]},
+        "linux": {"namespaces": POD_NAMESPACES},
     }
     out, binds = guest_spec(spec, "/run/graft/shared/.mounts/c1")
     assert "hooks" not in out and "hooks" in spec  # the input is not modified
-    assert out["linux"]["namespaces"] == [{"type": "pid"}, {"type": "ipc"}]
+    # The sandbox's namespaces become the pod's in the guest; the network is the VM's.
+    assert out["linux"]["namespaces"] == [{"type": "pid"},
+                                          {"type": "ipc", "path": "/run/graft/pod/ns/ipc"},
+                                          {"type": "uts", "path": "/run/graft/pod/ns/uts"},
+                                          {"type": "mount"}]
     assert out["mounts"][1]["source"] == "/run/graft/shared/.mounts/c1/0"
     assert out["mounts"][1]["options"] == ["rbind", "rprivate", "rw"]
-    assert out["mounts"][2]["type"] == "tmpfs"
+    assert out["mounts"][2] == {"destination": "/dev/shm", "type": "bind", "source": "/run/graft/pod/shm",
+                                "options": ["rbind", "ro", "nosuid", "nodev", "noexec"]}   # the pod's
     assert [(str(b.source), b.share_name) for b in binds] == [("/var/lib/c/hosts", "0")]
+
+
+def test_guest_spec_shares_the_pod_pid_namespace_when_asked():
+    from shim.task.guest_spec import guest_spec
+
+    spec = {"linux": {"namespaces": [{"type": "pid", "path": "/proc/9/ns/pid"}, *POD_NAMESPACES[1:],
+                                     {"type": "cgroup", "path": "/proc/9/ns/cgroup"}]}}
+    out, _ = guest_spec(spec, "/m")
+    assert out["linux"]["namespaces"][0] == {"type": "pid", "path": "/run/graft/pod/ns/pid"}
+    assert out["linux"]["namespaces"][-1] == {"type": "cgroup"}   # a new one: not pod-shared
+
+
+@pytest.mark.parametrize("left_out, name", [("pid", "hostPID"), ("ipc", "hostIPC"),
+                                            ("uts", "hostNetwork"), ("mount", "mount namespace")])
+def test_guest_spec_refuses_the_node_namespaces(left_out, name):
+    from shim.errors import InvalidArgument
+    from shim.task.guest_spec import guest_spec
+
+    spec = {"linux": {"namespaces": [ns for ns in POD_NAMESPACES if ns["type"] != left_out]}}
+    with pytest.raises(InvalidArgument, match=name):
+        guest_spec(spec, "/m")
+
+
+@pytest.mark.parametrize("left_out, name", [("pid", "hostPID"), ("ipc", "hostIPC"),
+                                            ("network", "hostNetwork")])
+def test_a_sandbox_asking_for_node_namespaces_is_refused(left_out, name):
+    from shim.errors import InvalidArgument
+    from shim.task.guest_spec import check_sandbox_namespaces
+
+    sandbox = {"linux": {"namespaces": [{"type": t} for t in ("pid", "ipc", "uts", "mount")]
+                         + [{"type": "network", "path": "/var/run/netns/cni-1"}]}}
+    check_sandbox_namespaces(sandbox)
+    sandbox["linux"]["namespaces"] = [ns for ns in sandbox["linux"]["namespaces"]
+                                      if ns["type"] != left_out]
+    with pytest.raises(InvalidArgument, match=name):
+        check_sandbox_namespaces(sandbox)
+
+
+def test_guest_spec_drops_host_lsm_labels():
+    from shim.task.guest_spec import guest_spec
+
+    spec = {"process": {"args": ["sh"], "apparmorProfile": "cri-containerd.apparmor.d",
+                        "selinuxLabel": "system_u:system_r:container_t:s0"},
+            "linux": {"mountLabel": "system_u:object_r:container_file_t:s0",
+                      "namespaces": POD_NAMESPACES}}
+    out, _ = guest_spec(spec, "/m")
+    assert out["process"] == {"args": ["sh"]}
+    assert "mountLabel" not in out["linux"]
+    assert spec["process"]["apparmorProfile"]  # the input is not modified
 
 
 @pytest.mark.parametrize("host, guest", [("1.2.1", "1.0.2"), ("1.2.0", "1.0.2"),
@@ -351,7 +409,7 @@ def test_guest_spec_declares_a_version_the_guest_runtime_knows(host, guest):
     """containerd 1.7/2.x write 1.2.x, which the guest's crun 1.8 refuses outright."""
     from shim.task.guest_spec import guest_spec
 
-    out, _ = guest_spec({"ociVersion": host}, "/m")
+    out, _ = guest_spec({"ociVersion": host, "linux": {"namespaces": POD_NAMESPACES}}, "/m")
     assert out["ociVersion"] == guest
 
 

@@ -233,7 +233,9 @@ async def test_bad_config_fails_create_naming_the_key(tmp_path):
     c = await Client.connect_unix(str(tmp_path / "s.sock"))
     bundle = tmp_path / "b"
     (bundle / "rootfs").mkdir(parents=True)
-    (bundle / "config.json").write_text(json.dumps({"process": {"args": ["true"]}}))
+    namespaces = [{"type": t} for t in ("pid", "ipc", "uts", "mount", "network")]
+    (bundle / "config.json").write_text(json.dumps({"process": {"args": ["true"]},
+                                                    "linux": {"namespaces": namespaces}}))
     try:
         with pytest.raises(TtrpcError) as err:
             await c.call(SERVICE, "Create", pb.CreateTaskRequest(id="c1", bundle=str(bundle)),

@@ -31,7 +31,7 @@ class FakeAgent:
         await asyncio.sleep(3600)  # no OOM; cancelled at teardown
         return ""
 
-    async def create_container(self, cid, spec_json, rootfs, stdin) -> None:
+    async def create_container(self, cid, spec_json, rootfs, stdin, runtime="") -> None:
         self.calls.append(("create", cid))
 
     async def remove_container(self, cid, force) -> None:
@@ -56,6 +56,7 @@ class FakeSandbox:
     @classmethod
     async def launch(cls, ref, config, netns=None, hostname="", resources=None, timeline=None):
         sandbox = cls(ref, config.state_dir / ref.id, netns, hostname, resources)
+        sandbox.config = config
         cls.launched.append(sandbox)
         return sandbox
 
@@ -85,8 +86,15 @@ def backend(monkeypatch, tmp_path):
     return VmBackend(str(config), "k8s.io", "/run/containerd.sock")
 
 
+# As CRI writes them: the pod's namespaces by the sandbox's paths, the network the pod's netns.
+_NAMESPACES = [{"type": "pid"}, {"type": "ipc", "path": "/proc/9/ns/ipc"},
+               {"type": "uts", "path": "/proc/9/ns/uts"}, {"type": "mount"},
+               {"type": "network", "path": "/var/run/netns/cni-1"}]
+
+
 def _container(tmp_path: Path, cid: str, kind: ContainerKind, sandbox_id: str) -> ContainerConfig:
-    return ContainerConfig(id=cid, bundle=tmp_path, spec={"process": {"args": ["sh"]}},
+    return ContainerConfig(id=cid, bundle=tmp_path,
+                           spec={"process": {"args": ["sh"]}, "linux": {"namespaces": _NAMESPACES}},
                            rootfs=tmp_path / "rootfs", stdio=StdioSpec("", "", "", False),
                            kind=kind, sandbox_id=sandbox_id)
 
