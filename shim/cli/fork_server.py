@@ -1,8 +1,9 @@
 """`graft fork-server stop [--socket PATH]`: make the shim's fork server exit now.
 
 The fork server (shim/shim_manager/forkserver.py) outlives the pods whose starts spawned it
-for up to its idle timeout; stopping it is always safe: shim daemons it forked keep running,
-and the next pod's `start` forks its daemon itself and spawns a new server. The default
+for up to its idle timeout (for as long as it keeps a warm pool). Stopping it is safe: shim
+daemons it forked keep running, its warm pool members see it go and stop their VMs, and the
+next pod's `start` forks its daemon itself and spawns a new server. The default
 socket is the one of this interpreter and graft tree, i.e. the server that shims launched
 by a launcher written with this interpreter use (shim/cli/launcher.py). A socket left by a
 server that was killed outright is removed.
