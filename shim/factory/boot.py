@@ -131,14 +131,14 @@ async def cold_boot(config: GraftConfig, vm_id: str, paths: VmPaths,
 
 async def restore_clone(config: GraftConfig, vm_id: str, paths: VmPaths, netns: Path | None,
                         template_dir: Path, memory_file: Path, reason: str,
-                        timeline: Timeline | None = None, nic_tap: NicTap | None = None
-                        ) -> BootedVm:
-    """Restore a clone of the template in *template_dir* (private memory),
-    resume it and wait for its agent. *nic_tap* backs the template's NIC (a transient tap
-    of the clone's own when not given)."""
+                        timeline: Timeline | None = None, nic_tap: NicTap | None = None,
+                        memory_readonly: bool = False) -> BootedVm:
+    """Restore a clone of the template in *template_dir* (private memory, opened read-only
+    where the VMM can: *memory_readonly*), resume it and wait for its agent. *nic_tap*
+    backs the template's NIC (a transient tap of the clone's own when not given)."""
     timeline = timeline or Timeline()
     hv_config = template_hypervisor_config(
-        config, FileBackedMemoryConfig(path=memory_file, shared=False))
+        config, FileBackedMemoryConfig(path=memory_file, shared=False, readonly=memory_readonly))
     vm = make_hypervisor(config, vm_id, hv_config, paths, netns)
     loop = asyncio.get_running_loop()
     started = loop.time()
@@ -223,7 +223,8 @@ async def _restore_or_cold_boot(config: GraftConfig, vm_id: str, paths: VmPaths,
         timeline.mark("template validated")
         booted = await restore_clone(config, vm_id, paths, netns, template.directory,
                                      template.memory_file, f"template {template.directory}",
-                                     timeline, nic_tap)
+                                     timeline, nic_tap,
+                                     template.metadata.hypervisor.private_readonly_memory)
     except Exception as exc:  # VMM, agent (TtrpcError) or file trouble; cancellation passes
         log.warning("sandbox %s: restore from %s failed, cold boot instead: %s",
                     vm_id, template.directory, exc)

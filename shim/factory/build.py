@@ -173,9 +173,10 @@ def _saved_files(directory: Path) -> tuple[SavedFile, ...]:
     return tuple(saved)
 
 
-async def _boot_and_save(config: GraftConfig, directory: Path, vm_id: str) -> str:
+async def _boot_and_save(config: GraftConfig, directory: Path, vm_id: str) -> tuple[str, bool]:
     """Cold-boot the template VM, save it into *directory*; returns the VMM
-    version. The VM is always stopped."""
+    version and whether it can map the memory read-only for clones. The VM is always
+    stopped."""
     memory = directory / MEMORY_FILE
     hv_config = template_hypervisor_config(config, FileBackedMemoryConfig(memory, shared=True))
     run_dir = config.state_dir / "factory" / vm_id
@@ -206,7 +207,7 @@ async def _boot_and_save(config: GraftConfig, directory: Path, vm_id: str) -> st
         # (boot.restore_clone still reconnects as a safety net).
         await vm.pause_vm()
         await vm.save_vm(directory)
-        return version
+        return version, await vm.private_readonly_memory()
     finally:
         await vm.stop_vm()
         if agent is not None:
@@ -224,13 +225,14 @@ async def build_into(config: GraftConfig, directory: Path) -> TemplateMetadata:
     size = memory_bytes(config)
     _create_memory_file(directory / MEMORY_FILE, size)
     vm_id = f"{BUILD_VM_PREFIX}{secrets.token_hex(4)}"
-    version = await _boot_and_save(config, directory, vm_id)
+    version, readonly_memory = await _boot_and_save(config, directory, vm_id)
     if facts.kind == "clh":
         make_memory_private(directory)
     metadata = TemplateMetadata(
         hypervisor=HypervisorRecord(kind=facts.kind, version=version,
                                     binary=str(facts.binary) if facts.binary else None,
-                                    binary_sha256=binary_sha256),
+                                    binary_sha256=binary_sha256,
+                                    private_readonly_memory=readonly_memory),
         accelerator=facts.accelerator,
         identity=facts.identity,
         identity_sha256=identity_sha256(facts.identity),

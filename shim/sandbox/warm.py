@@ -98,7 +98,8 @@ async def prepare_warm_vm(config: GraftConfig, config_source: str) -> WarmVm:
         booted = await restore_clone(config, f"pool-{key[:12]}", paths, None,
                                      template.directory, template.memory_file,
                                      f"template {template.directory} (warm pool)",
-                                     nic_tap=tap)
+                                     nic_tap=tap, memory_readonly=template.metadata.hypervisor
+                                     .private_readonly_memory)
     except BaseException:
         state.remove_run_dir(run_dir)
         raise

@@ -44,6 +44,8 @@ class StubTemplate:
     def __init__(self, directory: Path) -> None:
         self.directory = directory
         self.memory_file = directory / "memory"
+        self.metadata = SimpleNamespace(
+            hypervisor=SimpleNamespace(private_readonly_memory=False))
 
 
 def a_template(tmp_path: Path) -> StubTemplate:
