@@ -156,7 +156,8 @@ def _cri_runtime(d: Layout, table: str, sandboxer: str = "", sandbox_image: str 
       runtime_type = "io.containerd.runc.v2"
     [{runtimes}.graft]
       runtime_type = "io.containerd.graft.v2"{sandboxer_line}
-      pod_annotations = ["io.graft.*"]{options}
+      pod_annotations = ["io.graft.*"]
+      container_annotations = ["io.graft.*"]{options}
 '''
 
 

@@ -15,6 +15,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from shim import failpoints
 from shim.agent.client import AgentClient, connect_agent
 from shim.config import GraftConfig
 from shim.hypervisor.base import (FileBackedMemoryConfig, Hypervisor, HypervisorConfig,
@@ -119,6 +120,7 @@ async def cold_boot(config: GraftConfig, vm_id: str, paths: VmPaths,
     try:
         await vm.start_vm()
         timeline.mark("vm launched")
+        failpoints.reach(failpoints.VM_LAUNCHED)
         agent = await _connect(config, vm, started)
         timeline.mark("agent ready")
     except BaseException:
@@ -151,7 +153,9 @@ async def restore_clone(config: GraftConfig, vm_id: str, paths: VmPaths, netns: 
                 os.close(vm.boot_nic_fd)
                 vm.boot_nic_fd = None
         timeline.mark("vm restored")
+        failpoints.reach(failpoints.VM_RESTORED)
         await vm.resume_vm()
+        failpoints.reach(failpoints.VM_RESUMED)
         agent = await _connect(config, vm, started, attempt_timeout=RESTORE_CHECK_ATTEMPT_S)
         timeline.mark("agent ready")
         try:

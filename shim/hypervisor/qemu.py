@@ -314,8 +314,9 @@ class QemuHypervisor(SupervisedHypervisor):
     async def _free_root_port(self, qmp: QmpMonitor) -> str:
         free = await self._free_root_ports(qmp)
         if not free:
-            raise HypervisorError(f"VM {self.vm_id}: no free PCIe root port "
-                                  f"(hotplug_root_ports={self.config.hotplug_root_ports})")
+            raise HypervisorError(f"VM {self.vm_id}: no free PCIe root port for a hot-plugged "
+                                  f"device: all [hypervisor] hotplug_root_ports "
+                                  f"({self.config.hotplug_root_ports}) are in use")
         return free[0]
 
     async def _teardown(self, *, graceful: bool) -> None:
