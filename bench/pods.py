@@ -26,15 +26,14 @@ import time
 import uuid
 from pathlib import Path
 
-import grpc
 import psutil
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path[:0] = [str(ROOT), str(ROOT / "hack" / "containerd")]
+sys.path[:0] = [str(ROOT), str(ROOT / "hack" / "containerd"), str(ROOT / "e2e")]
 
 import private_containerd  # noqa: E402
 from cri_api.v1 import api_pb2 as cri  # noqa: E402
-from cri_api.v1 import api_pb2_grpc  # noqa: E402
+from cri_client import Client  # noqa: E402
 
 from shim.config import load_config  # noqa: E402
 from shim.hypervisor.accel import resolve_accelerator  # noqa: E402
@@ -72,37 +71,39 @@ PHASES = (
 )
 
 
-class Cri:
-    def __init__(self, address: str, logs: Path) -> None:
-        self._channel = grpc.insecure_channel(f"unix://{address}")
-        self.rt = api_pb2_grpc.RuntimeServiceStub(self._channel)
+class Cri(Client):
+    """e2e's CRI client, with a pod start timed the way kubelet would see it."""
+
+    def __init__(self, address: str, logs: Path, pod_namespace: str = "bench") -> None:
+        super().__init__(address, logs.parent / "cri-client")
         self.logs = logs
+        self.pod_namespace = pod_namespace
 
-    def close(self) -> None:
-        self._channel.close()
-
-    def start_pod(self, name: str, handler: str) -> tuple[str, str, float, float]:
-        """A pod with one busybox container; (pod id, container id, t0, ready) wall times."""
+    def start_pod(self, name: str, handler: str, command: list[str] | None = None,
+                  ready: str = READY) -> tuple[str, str, float, float]:
+        """A pod with one busybox container running *command* (default: print *ready*,
+        sleep); (pod id, container id, t0, ready) wall times, ready = when its log first
+        shows *ready*."""
         uid = uuid.uuid4().hex[:12]
         log_dir = self.logs / uid
         log_dir.mkdir(parents=True)
         config = cri.PodSandboxConfig(
-            metadata=cri.PodSandboxMetadata(name=name, namespace="bench", uid=uid),
+            metadata=cri.PodSandboxMetadata(name=name, namespace=self.pod_namespace, uid=uid),
             hostname=name, log_directory=str(log_dir), linux=cri.LinuxPodSandboxConfig())
         t0 = time.time()
         pod = self.rt.RunPodSandbox(cri.RunPodSandboxRequest(
             config=config, runtime_handler=handler), timeout=RPC_TIMEOUT).pod_sandbox_id
         container = cri.ContainerConfig(
             metadata=cri.ContainerMetadata(name="app"), image=cri.ImageSpec(image=IMAGE),
-            command=["sh", "-c", f"echo {READY}; exec sleep 1000"], log_path="app.log",
-            linux=cri.LinuxContainerConfig())
+            command=command or ["sh", "-c", f"echo {ready}; exec sleep 1000"],
+            log_path="app.log", linux=cri.LinuxContainerConfig())
         cid = self.rt.CreateContainer(cri.CreateContainerRequest(
             pod_sandbox_id=pod, config=container, sandbox_config=config),
             timeout=RPC_TIMEOUT).container_id
         self.rt.StartContainer(cri.StartContainerRequest(container_id=cid), timeout=RPC_TIMEOUT)
         log = log_dir / "app.log"
         deadline = time.monotonic() + RPC_TIMEOUT
-        while not (log.exists() and READY in log.read_text(errors="replace")):
+        while not (log.exists() and ready in log.read_text(errors="replace")):
             if time.monotonic() > deadline:
                 raise TimeoutError(f"pod {name}: no output")
             time.sleep(0.005)
@@ -134,7 +135,7 @@ def _boot_path(record: dict) -> str:
     return "warm pool" if "(warm pool)" in record.get("reason", "") else "restored"
 
 
-def _shim_pid(address: str, pod: str) -> int | None:
+def shim_pid(address: str, pod: str) -> int | None:
     for proc in psutil.process_iter(["cmdline"]):
         cmdline = proc.info["cmdline"] or []
         if is_shim_process(cmdline, address) and f" -id {pod} " in " ".join(cmdline) + " " \
@@ -143,7 +144,23 @@ def _shim_pid(address: str, pod: str) -> int | None:
     return None
 
 
-def _pss_mib(pid: int | None) -> float:
+def _cpu_cores(pids: list[int], window: float) -> float:
+    """CPU the processes use together while their pods sit idle, in cores."""
+    def total() -> float:
+        used = 0.0
+        for pid in pids:
+            try:
+                t = psutil.Process(pid).cpu_times()
+                used += t.user + t.system
+            except psutil.Error:
+                pass
+        return used
+    before = total()
+    time.sleep(window)
+    return (total() - before) / window
+
+
+def pss_mib(pid: int | None) -> float:
     if pid is None:
         return 0.0
     try:
@@ -258,11 +275,15 @@ class Bench:
                      "all_ready_s": round(max(r[3] for r in ok) - started, 3) if ok else None}
         if handler == "graft" and ok:
             address = str(self.layout.socket)
-            vmm = [_pss_mib(p.pid if (p := recorded_vmm(run_dir(
+            vmm = [pss_mib(p.pid if (p := recorded_vmm(run_dir(
                 self.config, SandboxRef(r[0], NAMESPACE, address)))) else None) for r in ok]
-            shims = [_shim_pid(address, r[0]) for r in ok]
-            shim_pss = [_pss_mib(pid) for pid in shims]
+            shims = [shim_pid(address, r[0]) for r in ok]
+            shim_pss = [pss_mib(pid) for pid in shims]
             shim_rss = [psutil.Process(pid).memory_info().rss / MIB for pid in shims if pid]
+            vmm_pids = [p.pid for r in ok if (p := recorded_vmm(run_dir(
+                self.config, SandboxRef(r[0], NAMESPACE, address))))]
+            out["idle_cpu_cores_per_pod"] = round(
+                _cpu_cores([*vmm_pids, *[p for p in shims if p]], 3.0) / len(ok), 3)
             out.update({
                 "pss_per_pod_mib": round(statistics.mean(v + s for v, s in zip(vmm, shim_pss)), 1),
                 "vmm_pss_mib_mean": round(statistics.mean(vmm), 1),
@@ -349,6 +370,11 @@ def main() -> int:
                         "cold_vs_template": round(cold / tpl, 2),
                         "restore_vs_runc": round(restore / runc, 2),
                         "cold_vs_restore": round(cold / restore, 2)}
+    from deploy.pod_overhead import declared
+
+    overhead = declared()
+    report["declared_pod_overhead"] = {"memory_mib": round(overhead.memory_mib, 1),
+                                       "cpu_cores": overhead.cpu_cores}
     report["targets"] = {"template_vs_runc_max": 4, "cold_vs_template_min": 10,
                          "concurrent_all_ready_max_s": 5}
     text = json.dumps(report, indent=2)

@@ -49,12 +49,12 @@ class Client:
     def _pod_file(self, pod_id: str) -> Path:
         return self.state / "pods" / pod_id
 
-    def run_pod(self, name: str, handler: str) -> str:
+    def run_pod(self, name: str, handler: str, annotations: dict[str, str] | None = None) -> str:
         uid = uuid.uuid4().hex[:12]
         config = cri.PodSandboxConfig(
             metadata=cri.PodSandboxMetadata(name=name, namespace="default", uid=uid, attempt=0),
             hostname=name, log_directory=str(self.state / "logs" / uid),
-            linux=cri.LinuxPodSandboxConfig())
+            annotations=annotations or {}, linux=cri.LinuxPodSandboxConfig())
         pod_id = self.rt.RunPodSandbox(
             cri.RunPodSandboxRequest(config=config, runtime_handler=handler),
             timeout=RPC_TIMEOUT).pod_sandbox_id
@@ -81,10 +81,11 @@ class Client:
 
     # -- containers ---------------------------------------------------------------------------
 
-    def create_start(self, pod_id: str, name: str, command: list[str]) -> str:
+    def create_start(self, pod_id: str, name: str, command: list[str],
+                     annotations: dict[str, str] | None = None) -> str:
         config = cri.ContainerConfig(
             metadata=cri.ContainerMetadata(name=name, attempt=0),
-            image=cri.ImageSpec(image=IMAGE), command=command,
+            image=cri.ImageSpec(image=IMAGE), command=command, annotations=annotations or {},
             log_path=f"{name}.log", linux=cri.LinuxContainerConfig())
         cid = self.rt.CreateContainer(cri.CreateContainerRequest(
             pod_sandbox_id=pod_id, config=config, sandbox_config=self.pod_config(pod_id)),

@@ -1,11 +1,12 @@
 #!/bin/bash
-# The main job, end to end: install what is missing, then boot a VM and run a
-# container in it (busybox rootfs) — `graft debug run`. Extra arguments replace
-# the default command: hack/demo.sh sh -c 'uname -a; cat /proc/cpuinfo | head'
+# The main job, end to end: install what is missing (hack/setup.sh: cached, a second run
+# reuses it), then run graft through containerd's CRI as kubelet would — a runc pod, a
+# cold graft pod, `graft factory init`, a graft pod restored from the template, each
+# serving HTTP that is fetched from its pod IP — print pod start, memory and boot path per
+# pod, and stop everything (hack/demo/main.py). The quick single-VM path is
+# `graft debug run ROOTFS -- CMD`.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 hack/setup.sh
-rootfs=/var/lib/graft/demo-rootfs
-[ -x "$rootfs/bin/busybox" ] || hack/busybox-rootfs.sh "$rootfs"
-if (($#)); then cmd=("$@"); else cmd=(sh -c 'echo "hello from a container in a graft VM: $(uname -r)"'); fi
-exec graft debug run "$rootfs" -- "${cmd[@]}"
+echo "==> set-up done (${SECONDS}s)" >&2
+exec "${PYTHON:-python3}" -m hack.demo "$@"

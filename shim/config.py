@@ -77,6 +77,9 @@ KEYS: tuple[Key, ...] = (
         "Clones the shim's fork server keeps restored ahead of demand for pods of this config "
         "(a warm pool; 0 = none). Each holds a VM's memory while it waits. QEMU only.",
         check=lambda v: 0 <= v <= 64),
+    Key("testing", "failpoints", False, bool,
+        "TEST ONLY, never on a node with real pods: lets a pod's io.graft.failpoint "
+        "annotation make the shim fail or die at a named create step (shim/failpoints.py)."),
 )
 
 

@@ -1,7 +1,9 @@
 """Task events to containerd: one FIFO queue, published by ttrpc Forward with retries.
 
 Events leave in the order they were queued (create → start → exit → delete); a failed event
-is retried (5 tries, 5 s each), then handed to `<publish-binary> publish` as a last resort.
+is retried for about as long as containerd's runc shim retries (its requeues wait 1, 2, … 5 s:
+an event outlives a containerd restart of ~15 s), each try bounded by 5 s, then handed to
+`<publish-binary> publish` as a last resort.
 Tests capture events with :class:`RecordingSink` instead.
 """
 from __future__ import annotations
@@ -64,7 +66,8 @@ class RecordingSink:
 class Publisher:
     """Forwards events to containerd's ttrpc Events service. Run :meth:`run` as an owned task."""
 
-    TRIES = 5
+    # Pauses between tries: quick once (a blip), then as runc's shim requeues.
+    RETRY_DELAYS = (0.1, 1.0, 2.0, 3.0, 4.0, 5.0)
     TIMEOUT = 5.0
 
     def __init__(self, namespace: str, ttrpc_address: str, publish_binary: str = "",
@@ -111,7 +114,7 @@ class Publisher:
 
         request = self._envelope(item)
         last_error: Exception | None = None
-        for attempt in range(self.TRIES):
+        for attempt in range(len(self.RETRY_DELAYS) + 1):
             try:
                 if self._client is None or self._client.closed:
                     self._client = await asyncio.wait_for(
@@ -124,7 +127,8 @@ class Publisher:
                 if self._client is not None:
                     await self._client.close()
                     self._client = None
-                await asyncio.sleep(min(0.1 * 2 ** attempt, 1.0))
+                if attempt < len(self.RETRY_DELAYS):
+                    await asyncio.sleep(self.RETRY_DELAYS[attempt])
         log.warning("event %s: ttrpc forward failed (%s); trying %s publish",
                     item.topic, last_error, self._publish_binary or "<no publish binary>")
         await self._publish_by_exec(item, request.envelope.event.SerializeToString())

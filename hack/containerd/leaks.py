@@ -1,6 +1,11 @@
 """What a graft pod may leave on the host, for tests against a private containerd: VMM and
-shim processes, mounts under the graft state dir and the bundles, the shim socket in
-/run/containerd/s, the pod's tap and tc redirects."""
+shim processes, mounts under the graft state dir and the bundles (the pod's share tmpfs
+included), the shim socket in /run/containerd/s, the pod's tap, ingress qdisc and tc redirects.
+
+PodLeaks checks one pod by its id; NodeLeaks checks everything of one containerd and graft
+state dir, for when no id is known (a RunPodSandbox that failed returns none): run dirs,
+VMMs and shims, mounts, sockets that appeared since it was made, taps and qdiscs in the pod
+netns containerd still has, and children a shim fork server did not reap."""
 from __future__ import annotations
 
 import re
@@ -8,11 +13,13 @@ import subprocess
 import time
 from pathlib import Path
 
+import psutil
+
 from shim.config import load_config, parse_config
-from shim.shim_manager.daemon_process import is_shim_process
-from shim.sandbox.state import SandboxRef, run_dir as state_run_dir
+from shim.shim_manager.daemon_process import SHIM_NAME, is_shim_process
+from shim.sandbox.state import SANDBOXES_DIR, SandboxRef, run_dir as state_run_dir
 from shim.network import DEFAULT_TAP_NAME
-from shim.shim_manager.socket_address import socket_path
+from shim.shim_manager.socket_address import SOCKET_DIR, socket_path
 
 TASK_DIR = "io.containerd.runtime.v2.task"
 
@@ -77,6 +84,24 @@ def netns_links(netns: Path) -> list[str]:
     return [line.split(":")[1].strip().split("@")[0] for line in done.stdout.splitlines()]
 
 
+def netns_ingress_qdisc(netns: Path, device: str) -> bool:
+    done = subprocess.run(["nsenter", f"--net={netns}", "tc", "qdisc", "show", "dev", device,
+                           "ingress"], capture_output=True, text=True, timeout=10)
+    return done.returncode == 0 and "ingress" in done.stdout
+
+
+def netns_leaks(netns: Path, device: str = "eth0") -> list[str]:
+    """graft's tap, tc redirects and the ingress qdisc it adds, in one pod netns."""
+    found = []
+    if DEFAULT_TAP_NAME in netns_links(netns):
+        found.append(f"tap {DEFAULT_TAP_NAME} in {netns}")
+    if "mirred" in netns_redirects(netns, device):
+        found.append(f"tc redirect on {device} in {netns}")
+    if netns_ingress_qdisc(netns, device):
+        found.append(f"ingress qdisc on {device} in {netns}")
+    return found
+
+
 def netns_redirects(netns: Path, device: str) -> str:
     done = subprocess.run(["nsenter", f"--net={netns}", "tc", "filter", "show", "dev", device,
                            "ingress"], capture_output=True, text=True, timeout=10)
@@ -121,14 +146,71 @@ class PodLeaks:
         if self.socket.exists():
             found.append(f"socket {self.socket}")
         if self.netns is not None:
-            if DEFAULT_TAP_NAME in netns_links(self.netns):
-                found.append(f"tap {DEFAULT_TAP_NAME} in {self.netns}")
-            if "mirred" in netns_redirects(self.netns, "eth0"):
-                found.append(f"tc redirect on eth0 in {self.netns}")
+            found += netns_leaks(self.netns)
         return found
 
     def assert_no_leaks(self, deadline_s: float = 20) -> None:
-        deadline = time.monotonic() + deadline_s
-        while (found := self.leaks()) and time.monotonic() < deadline:
-            time.sleep(0.3)
-        assert not found, f"left behind by pod {self.sandbox_id}: {found}"
+        _assert_none(self.leaks, deadline_s, f"pod {self.sandbox_id}")
+
+
+def _assert_none(leaks, deadline_s: float, whose: str) -> None:
+    deadline = time.monotonic() + deadline_s
+    while (found := leaks()) and time.monotonic() < deadline:
+        time.sleep(0.3)
+    assert not found, f"left behind by {whose}: {found}"
+
+
+def shim_sockets() -> set[Path]:
+    directory = SOCKET_DIR
+    return set(directory.iterdir()) if directory.is_dir() else set()
+
+
+def fork_server_children() -> list[str]:
+    """Processes a graft shim fork server still has as children: it double-forks every
+    daemon and reaps the middle child at once, so any child is a leak (or a zombie)."""
+    found = []
+    for proc in psutil.process_iter(["cmdline"]):
+        cmdline = " ".join(proc.info["cmdline"] or [])
+        if cmdline.startswith(f"{SHIM_NAME} fork-server "):
+            try:
+                found += [f"fork server {proc.pid} child {child.pid} ({child.status()})"
+                          for child in proc.children()]
+            except psutil.Error:
+                continue
+    return found
+
+
+class NodeLeaks:
+    """Everything graft pods of one private containerd and one graft state dir may leave.
+    Make it before the pods it checks: sockets that exist already are not theirs."""
+
+    def __init__(self, containerd, state_dir: Path) -> None:
+        self.containerd = containerd
+        self.state_dir = state_dir
+        self._sockets_before = shim_sockets()
+
+    @property
+    def netns_dir(self) -> Path:
+        # netns_mounts_under_state_dir = true (hack/containerd/private_containerd.py)
+        return self.containerd.layout.base / "state" / "io.containerd.grpc.v1.cri" / "netns"
+
+    def leaks(self) -> list[str]:
+        sandboxes = self.state_dir / SANDBOXES_DIR
+        found = [f"state dir {entry}" for entry in sorted(sandboxes.iterdir())] \
+            if sandboxes.is_dir() else []
+        marker = f"{self.state_dir}/"
+        found += [f"VMM pid {pid}" for pid, argv in _cmdlines().items()
+                  if argv[0].rsplit("/", 1)[-1].startswith(("qemu-system", "cloud-hypervisor"))
+                  and any(marker in arg for arg in argv)]
+        found += [f"shim pid {pid}" for pid in shim_pids(self.containerd.address)]
+        bundles = self.containerd.layout.base / "state" / TASK_DIR
+        found += [f"mount {point}" for point in mount_points()
+                  if _under(point, sandboxes) or _under(point, bundles)]
+        found += [f"socket {path}" for path in sorted(shim_sockets() - self._sockets_before)]
+        if self.netns_dir.is_dir():
+            for netns in sorted(self.netns_dir.iterdir()):
+                found += netns_leaks(netns)
+        return found + fork_server_children()
+
+    def assert_no_leaks(self, deadline_s: float = 20) -> None:
+        _assert_none(self.leaks, deadline_s, f"the pods of {self.containerd.address}")

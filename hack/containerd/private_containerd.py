@@ -156,7 +156,8 @@ def _cri_runtime(d: Layout, table: str, sandboxer: str = "", sandbox_image: str 
       runtime_type = "io.containerd.runc.v2"
     [{runtimes}.graft]
       runtime_type = "io.containerd.graft.v2"{sandboxer_line}
-      pod_annotations = ["io.graft.*"]{options}
+      pod_annotations = ["io.graft.*"]
+      container_annotations = ["io.graft.*"]{options}
 '''
 
 
@@ -313,7 +314,7 @@ def _ctr(d: Layout, *args: str) -> str:
     return done.stdout
 
 
-def _running_pid(d: Layout) -> int | None:
+def running_pid(d: Layout) -> int | None:
     try:
         pid = int(d.pid.read_text())
         cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
@@ -332,7 +333,7 @@ def env_vars(d: Layout) -> dict[str, str]:
 
 def start(d: Layout, timeout: float = 30.0, containerd_bin: Path | None = None,
           sandboxer: str = "", fresh: bool = False) -> None:
-    if _running_pid(d):
+    if running_pid(d):
         return
     if containerd_bin is not None:
         d.containerd_bin_file.write_text(str(containerd_bin))
@@ -383,7 +384,7 @@ def launch(d: Layout, timeout: float = 30.0) -> int:
 def terminate(d: Layout, grace: float = 10.0) -> None:
     """Stop the containerd process only (SIGTERM, SIGKILL after *grace*): shims, mounts,
     network and state stay, as after a containerd crash or upgrade."""
-    pid = _running_pid(d)
+    pid = running_pid(d)
     if pid:
         os.kill(pid, signal.SIGTERM)
         deadline = time.monotonic() + grace

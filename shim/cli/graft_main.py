@@ -3,6 +3,7 @@
     graft guest build [--output DIR] [--force]
     graft debug run [-t] [-e K=V]... [-w DIR] ROOTFS -- CMD [ARGS...]
     graft factory init|status|destroy
+    graft fork-server stop [--socket PATH]
     graft check | status [--json] | metrics | config
 Exit status 125 means graft itself failed (as with docker/runsc); anything
 else from `debug run` is the container command's own status.
@@ -48,6 +49,12 @@ def _parser() -> argparse.ArgumentParser:
     factory.add_parser("status", help="is a usable template there, and if not why")
     factory.add_parser("destroy", help="remove the template")
 
+    fork = sub.add_parser("fork-server", help="the shim's fork server").add_subparsers(
+        dest="action", required=True)
+    stop = fork.add_parser("stop", help="make it exit now (running pods are not affected)")
+    stop.add_argument("--socket", help="its socket (default: this interpreter's and graft "
+                      "tree's, under /run/graft-shim)")
+
     sub.add_parser("check", help="report host readiness")
     status = sub.add_parser("status", help="list sandboxes and how each VM was booted")
     status.add_argument("--json", action="store_true", help="machine-readable output")
@@ -62,6 +69,9 @@ def _dispatch(args: argparse.Namespace) -> int:
     if args.command == "config":
         sys.stdout.write(render_default_config())
         return 0
+    if args.command == "fork-server":
+        from shim.cli.fork_server import run_fork_server
+        return run_fork_server(args.action, args.socket)
     config = load_config(args.config)
     if args.command == "guest":
         from shim.guest_image.cli import run_build

@@ -13,6 +13,7 @@ from shim.config import GraftConfig
 from shim.factory.cli import describe_status
 from shim.factory.template import TemplateStatus, inspect_template
 from shim.sandbox import boot_metrics
+from shim.sandbox.warm import waiting_vms
 from shim.sandbox.state import (BOOT_PATH_FILE, TIMELINE_FILE, SandboxEntry, list_sandboxes,
                                 read_record, vmm_pid)
 
@@ -79,7 +80,9 @@ def status_json(config: GraftConfig) -> dict[str, Any]:
             item.update({k: v for k, v in boot.items() if k != "restored"})
         sandboxes.append(item)
     return {"sandboxes": sandboxes, "template": _template_json(inspect_template(config)),
-            "templates_enabled": config.enable_template}
+            "templates_enabled": config.enable_template,
+            "warm_pool": {"size": config.get("factory", "cache_size"),
+                          "waiting": waiting_vms(config)}}
 
 
 def run_status(config: GraftConfig, out: TextIO | None = None, as_json: bool = False) -> int:
@@ -90,6 +93,8 @@ def run_status(config: GraftConfig, out: TextIO | None = None, as_json: bool = F
         return 0
     lines = sandbox_lines(config)
     lines += describe_status(inspect_template(config))
+    lines.append(f"  warm pool: {waiting_vms(config)} of {config.get('factory', 'cache_size')} "
+                 f"VMs waiting ([factory] cache_size)")
     lines.append(f"  templates enabled: {'yes' if config.enable_template else 'no'} "
                  f"([factory] enable_template)")
     print("\n".join(lines), file=out)

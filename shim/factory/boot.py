@@ -15,6 +15,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from shim import failpoints
 from shim.agent.client import AgentClient, connect_agent
 from shim.config import GraftConfig
 from shim.hypervisor.base import (FileBackedMemoryConfig, Hypervisor, HypervisorConfig,
@@ -119,6 +120,7 @@ async def cold_boot(config: GraftConfig, vm_id: str, paths: VmPaths,
     try:
         await vm.start_vm()
         timeline.mark("vm launched")
+        failpoints.reach(failpoints.VM_LAUNCHED)
         agent = await _connect(config, vm, started)
         timeline.mark("agent ready")
     except BaseException:
@@ -129,14 +131,14 @@ async def cold_boot(config: GraftConfig, vm_id: str, paths: VmPaths,
 
 async def restore_clone(config: GraftConfig, vm_id: str, paths: VmPaths, netns: Path | None,
                         template_dir: Path, memory_file: Path, reason: str,
-                        timeline: Timeline | None = None, nic_tap: NicTap | None = None
-                        ) -> BootedVm:
-    """Restore a clone of the template in *template_dir* (private memory),
-    resume it and wait for its agent. *nic_tap* backs the template's NIC (a transient tap
-    of the clone's own when not given)."""
+                        timeline: Timeline | None = None, nic_tap: NicTap | None = None,
+                        memory_readonly: bool = False) -> BootedVm:
+    """Restore a clone of the template in *template_dir* (private memory, opened read-only
+    where the VMM can: *memory_readonly*), resume it and wait for its agent. *nic_tap*
+    backs the template's NIC (a transient tap of the clone's own when not given)."""
     timeline = timeline or Timeline()
     hv_config = template_hypervisor_config(
-        config, FileBackedMemoryConfig(path=memory_file, shared=False))
+        config, FileBackedMemoryConfig(path=memory_file, shared=False, readonly=memory_readonly))
     vm = make_hypervisor(config, vm_id, hv_config, paths, netns)
     loop = asyncio.get_running_loop()
     started = loop.time()
@@ -151,7 +153,9 @@ async def restore_clone(config: GraftConfig, vm_id: str, paths: VmPaths, netns: 
                 os.close(vm.boot_nic_fd)
                 vm.boot_nic_fd = None
         timeline.mark("vm restored")
+        failpoints.reach(failpoints.VM_RESTORED)
         await vm.resume_vm()
+        failpoints.reach(failpoints.VM_RESUMED)
         agent = await _connect(config, vm, started, attempt_timeout=RESTORE_CHECK_ATTEMPT_S)
         timeline.mark("agent ready")
         try:
@@ -170,9 +174,10 @@ async def restore_clone(config: GraftConfig, vm_id: str, paths: VmPaths, netns: 
 async def refresh_clone_identity(agent: AgentClient) -> None:
     """Every clone resumes with the template's RNG state and wall clock:
     push fresh host entropy and the current time before anything runs."""
-    await agent.reseed_random_dev(os.urandom(RESEED_BYTES))
     now_ns = time.time_ns()
-    await agent.set_guest_date_time(now_ns // 1_000_000_000, (now_ns // 1000) % 1_000_000)
+    await asyncio.gather(  # independent: one round trip's worth of waiting, not two
+        agent.reseed_random_dev(os.urandom(RESEED_BYTES)),
+        agent.set_guest_date_time(now_ns // 1_000_000_000, (now_ns // 1000) % 1_000_000))
 
 
 async def boot_vm(config: GraftConfig, vm_id: str, paths: VmPaths,
@@ -218,7 +223,8 @@ async def _restore_or_cold_boot(config: GraftConfig, vm_id: str, paths: VmPaths,
         timeline.mark("template validated")
         booted = await restore_clone(config, vm_id, paths, netns, template.directory,
                                      template.memory_file, f"template {template.directory}",
-                                     timeline, nic_tap)
+                                     timeline, nic_tap,
+                                     template.metadata.hypervisor.private_readonly_memory)
     except Exception as exc:  # VMM, agent (TtrpcError) or file trouble; cancellation passes
         log.warning("sandbox %s: restore from %s failed, cold boot instead: %s",
                     vm_id, template.directory, exc)

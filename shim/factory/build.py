@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import fcntl
 import logging
 import os
@@ -24,6 +25,7 @@ from typing import Iterator
 from shim.agent.client import AgentClient
 from shim.config import GraftConfig
 from shim.hypervisor.base import FileBackedMemoryConfig, VmPaths
+from shim.sandbox.preflight import check_memory
 
 from . import tmpfs
 from .boot import _connect, make_hypervisor, template_hypervisor_config
@@ -42,8 +44,17 @@ TMPFS_HEADROOM = 8 * MIB  # device state, metadata, digest cache
 BUILD_VM_PREFIX = "template-"
 
 
+# Files a build makes on the tmpfs (its directory, memory, state, metadata, temporaries).
+BUILD_INODES = 8
+
+
 class FactoryBusy(RuntimeError):
     """Another `graft factory` command holds the lock."""
+
+
+class TemplateTmpfsFull(OSError):
+    """The template cannot be written: its tmpfs has no room left (it is grown as needed, so
+    what is missing is free inodes or space something else took)."""
 
 
 @dataclass(frozen=True)
@@ -94,10 +105,28 @@ def _make_room(root: Path, needed: int) -> None:
         log.info("resized the tmpfs on %s to %d MiB", root, want // MIB)
 
 
+def _tmpfs_full(root: Path, needed: int, why: str = "") -> TemplateTmpfsFull:
+    return TemplateTmpfsFull(
+        f"template tmpfs {root} is full{': ' + why if why else ''} "
+        f"({tmpfs.free_bytes(root) // MIB} MiB and {tmpfs.free_inodes(root)} inodes free; a "
+        f"template needs {needed // MIB} MiB and {BUILD_INODES} inodes): remove what else is "
+        f"stored there, or choose another [factory] template_path")
+
+
+def _check_room(root: Path, needed: int) -> None:
+    if tmpfs.free_bytes(root) < needed or tmpfs.free_inodes(root) < BUILD_INODES:
+        raise _tmpfs_full(root, needed)
+
+
 def _create_memory_file(path: Path, size: int) -> None:
+    """Allocated in full, not sparse: a clone maps it privately, but a read fault on a hole of
+    a tmpfs file allocates a page *in the tmpfs* — on a full tmpfs the clone's VMM then dies
+    of SIGBUS, and clones of an older (unlinked) template would keep taking room the rebuild
+    counted on. Allocated, the template takes its full size once, here, and clones never
+    take any (their writes are copies in their own memory)."""
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
     try:
-        os.ftruncate(fd, size)
+        os.posix_fallocate(fd, 0, size)
     finally:
         os.close(fd)
 
@@ -144,9 +173,10 @@ def _saved_files(directory: Path) -> tuple[SavedFile, ...]:
     return tuple(saved)
 
 
-async def _boot_and_save(config: GraftConfig, directory: Path, vm_id: str) -> str:
+async def _boot_and_save(config: GraftConfig, directory: Path, vm_id: str) -> tuple[str, bool]:
     """Cold-boot the template VM, save it into *directory*; returns the VMM
-    version. The VM is always stopped."""
+    version and whether it can map the memory read-only for clones. The VM is always
+    stopped."""
     memory = directory / MEMORY_FILE
     hv_config = template_hypervisor_config(config, FileBackedMemoryConfig(memory, shared=True))
     run_dir = config.state_dir / "factory" / vm_id
@@ -177,7 +207,7 @@ async def _boot_and_save(config: GraftConfig, directory: Path, vm_id: str) -> st
         # (boot.restore_clone still reconnects as a safety net).
         await vm.pause_vm()
         await vm.save_vm(directory)
-        return version
+        return version, await vm.private_readonly_memory()
     finally:
         await vm.stop_vm()
         if agent is not None:
@@ -195,13 +225,14 @@ async def build_into(config: GraftConfig, directory: Path) -> TemplateMetadata:
     size = memory_bytes(config)
     _create_memory_file(directory / MEMORY_FILE, size)
     vm_id = f"{BUILD_VM_PREFIX}{secrets.token_hex(4)}"
-    version = await _boot_and_save(config, directory, vm_id)
+    version, readonly_memory = await _boot_and_save(config, directory, vm_id)
     if facts.kind == "clh":
         make_memory_private(directory)
     metadata = TemplateMetadata(
         hypervisor=HypervisorRecord(kind=facts.kind, version=version,
                                     binary=str(facts.binary) if facts.binary else None,
-                                    binary_sha256=binary_sha256),
+                                    binary_sha256=binary_sha256,
+                                    private_readonly_memory=readonly_memory),
         accelerator=facts.accelerator,
         identity=facts.identity,
         identity_sha256=identity_sha256(facts.identity),
@@ -229,15 +260,20 @@ async def init_template(config: GraftConfig) -> InitResult:
             log.info("rebuilding the template: %s", "; ".join(status.problems))
         _remove_stale(root, keep=current_template_dir(root))
         _remove_stale_build_vms(config)
+        # The template VM's RAM ends up in the tmpfs: the host must hold it (and the VMM).
+        check_memory(memory_bytes(config) // MIB, "the template VM")
         _make_room(root, needed)
+        _check_room(root, needed)
         directory = root / f"{TEMPLATE_DIR_PREFIX}{time.strftime('%Y%m%dT%H%M%S')}-" \
                            f"{secrets.token_hex(3)}"
-        directory.mkdir(mode=0o700)
         try:
+            directory.mkdir(mode=0o700)
             metadata = await build_into(config, directory)
             _swap_current(root, directory)
-        except BaseException:
+        except BaseException as exc:
             shutil.rmtree(directory, ignore_errors=True)
+            if isinstance(exc, OSError) and exc.errno == errno.ENOSPC:
+                raise _tmpfs_full(root, needed, str(exc)) from exc
             raise
         _remove_stale(root, keep=directory)
         replaced = status.problems if status.directory is not None else ()

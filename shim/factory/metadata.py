@@ -44,6 +44,9 @@ class HypervisorRecord:
     version: str
     binary: str | None  # resolved path, None if it could not be resolved
     binary_sha256: str | None
+    # The VMM maps a memory file opened read-only privately (QEMU >= 8.2: rom=off); then
+    # clones never hold a writable fd of the template's memory.
+    private_readonly_memory: bool = False
 
 
 @dataclass(frozen=True)
@@ -96,7 +99,10 @@ class TemplateMetadata:
                 kind=_field(hv, "kind", str, "hypervisor."),
                 version=_field(hv, "version", str, "hypervisor."),
                 binary=_field(hv, "binary", (str, type(None)), "hypervisor."),
-                binary_sha256=_field(hv, "binary_sha256", (str, type(None)), "hypervisor.")),
+                binary_sha256=_field(hv, "binary_sha256", (str, type(None)), "hypervisor."),
+                private_readonly_memory=_field(hv, "private_readonly_memory", bool,
+                                               "hypervisor.")
+                if "private_readonly_memory" in hv else False),
             accelerator=_field(data, "accelerator", str),
             identity=_field(data, "identity", dict),
             identity_sha256=_field(data, "identity_sha256", str),

@@ -45,6 +45,15 @@ def used_bytes(target: Path) -> int:
     return (st.f_blocks - st.f_bfree) * st.f_frsize
 
 
+def free_bytes(target: Path) -> int:
+    st = os.statvfs(target)
+    return st.f_bavail * st.f_frsize
+
+
+def free_inodes(target: Path) -> int:
+    return os.statvfs(target).f_favail
+
+
 def size_bytes(target: Path) -> int:
     st = os.statvfs(target)
     return st.f_blocks * st.f_frsize

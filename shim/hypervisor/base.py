@@ -33,6 +33,9 @@ class FileBackedMemoryConfig:
 
     path: Path
     shared: bool
+    # Open the file read-only (shared=False only): a compromised VMM cannot write the
+    # template through its fd. Only where the VMM supports it (private_readonly_memory()).
+    readonly: bool = False
 
 
 @dataclass(frozen=True)
@@ -199,6 +202,11 @@ class Hypervisor(abc.ABC):
     @abc.abstractmethod
     def pid(self) -> int | None:
         """PID of the VMM process, None before start/after stop."""
+
+    async def private_readonly_memory(self) -> bool:
+        """Whether this VMM can map a memory file it opened read-only as private,
+        writable guest RAM (FileBackedMemoryConfig.readonly)."""
+        return False
 
     @abc.abstractmethod
     async def version(self) -> str:

@@ -3,6 +3,7 @@ for save/restore (guest RAM stays in the file-backed memory when
 x-ignore-shared is on)."""
 from __future__ import annotations
 
+import asyncio
 import logging
 import re
 import shlex
@@ -14,7 +15,7 @@ from typing import Any
 from .accel import AcceleratorProbe, probe_accelerator, resolve_accelerator
 from .base import Accelerator, HypervisorConfig, HypervisorError, NetworkDevice, VmPaths
 from .bounded_log import console_log
-from .qemu_cmdline import QBOOT_ROM, LaunchSpec, build_argv, root_port_ids
+from .qemu_cmdline import DEFAULT_QEMU_BINARY, QBOOT_ROM, LaunchSpec, build_argv, root_port_ids
 from .qmp_monitor import QmpMonitor
 from .supervised import QUIT_TIMEOUT, SupervisedHypervisor
 from .unix_sockets import bind_listener
@@ -113,6 +114,16 @@ class QemuHypervisor(SupervisedHypervisor):
             except BaseException:
                 state_file.unlink(missing_ok=True)
                 raise
+
+    async def private_readonly_memory(self) -> bool:
+        """QEMU 8.2 split `rom` from `readonly` on memory-backend-file; before, readonly=on
+        made guest RAM read-only (measured on 7.2: the restored guest hangs)."""
+        binary = str(self.config.binary or DEFAULT_QEMU_BINARY)
+        proc = await asyncio.create_subprocess_exec(
+            binary, "-object", "memory-backend-file,help", stdin=asyncio.subprocess.DEVNULL,
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT)
+        out, _ = await proc.communicate()
+        return proc.returncode == 0 and re.search(rb"^\s*rom=", out, re.MULTILINE) is not None
 
     async def version(self) -> str:
         if self._version is None:
@@ -303,8 +314,9 @@ class QemuHypervisor(SupervisedHypervisor):
     async def _free_root_port(self, qmp: QmpMonitor) -> str:
         free = await self._free_root_ports(qmp)
         if not free:
-            raise HypervisorError(f"VM {self.vm_id}: no free PCIe root port "
-                                  f"(hotplug_root_ports={self.config.hotplug_root_ports})")
+            raise HypervisorError(f"VM {self.vm_id}: no free PCIe root port for a hot-plugged "
+                                  f"device: all [hypervisor] hotplug_root_ports "
+                                  f"({self.config.hotplug_root_ports}) are in use")
         return free[0]
 
     async def _teardown(self, *, graceful: bool) -> None:

@@ -158,5 +158,10 @@ def _memory_backend(config: HypervisorConfig, size: str) -> str:
     if fbm is None:
         return f"memory-backend-ram,id={MEMORY_BACKEND_ID},size={size}"
     share = "on" if fbm.shared else "off"
-    return (f"memory-backend-file,id={MEMORY_BACKEND_ID},size={size},"
-            f"mem-path={opt(fbm.path)},share={share}")
+    backend = (f"memory-backend-file,id={MEMORY_BACKEND_ID},size={size},"
+               f"mem-path={opt(fbm.path)},share={share}")
+    if fbm.readonly:
+        if fbm.shared:
+            raise ValueError("a shared memory file cannot be opened read-only")
+        backend += ",readonly=on,rom=off"  # open O_RDONLY, map MAP_PRIVATE writable
+    return backend

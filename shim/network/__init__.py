@@ -11,12 +11,11 @@ from .model import (AmbiguousPodInterface, EndpointExists, IpAddress, NetlinkFai
                     NoPodInterface, NotANetns, PodEndpoint, PodInterface, RouteInfo, TapNotFound)
 from .netns import run_in_netns
 from .tcfilter import (DEFAULT_TAP_NAME, adopt_tap, attach_endpoint, detach_endpoint,
-                       discover_pod_interface, open_tap_fds)
+                       discover_pod_interface, endpoint_of, open_tap_fds)
 
 __all__ = [
     "AmbiguousPodInterface", "DEFAULT_TAP_NAME", "EndpointExists", "IpAddress", "NetlinkFailure",
     "NetnsNotFound", "NoPodInterface", "NotANetns", "PodEndpoint", "PodInterface", "RouteInfo",
     "TapNotFound", "adopt_tap", "agent_interface", "agent_routes", "attach_endpoint",
-    "detach_endpoint",
-    "discover_pod_interface", "open_tap_fds", "run_in_netns",
+    "detach_endpoint", "discover_pod_interface", "endpoint_of", "open_tap_fds", "run_in_netns",
 ]

@@ -48,10 +48,11 @@ def attach_endpoint(netns: Path, tap_name: str = DEFAULT_TAP_NAME, *,
 
 
 def adopt_tap(netns: Path, current_name: str, tap_name: str = DEFAULT_TAP_NAME, *,
-              interface: str | None = None) -> PodEndpoint:
+              interface: str | None = None, pod: PodInterface | None = None) -> PodEndpoint:
     """Move tap *current_name* from the caller's netns into *netns* as *tap_name* and wire
     it to the pod interface like attach_endpoint (a VM restored ahead of its pod keeps its
-    tap fd: only the device moves). On failure nothing of graft's is left in *netns*."""
+    tap fd: only the device moves). *pod*: the interface, if already discovered. On failure
+    nothing of graft's is left in *netns*."""
     validate_ifname(current_name)
     validate_ifname(tap_name)
     netns = Path(netns)
@@ -64,7 +65,7 @@ def adopt_tap(netns: Path, current_name: str, tap_name: str = DEFAULT_TAP_NAME, 
             nl.move_to_netns(link.index, ns_fd)
     finally:
         os.close(ns_fd)
-    return run_in_netns(netns, lambda: _adopt(netns, current_name, tap_name, interface))
+    return run_in_netns(netns, lambda: _adopt(netns, current_name, tap_name, interface, pod))
 
 
 def detach_endpoint(netns: Path, tap_name: str = DEFAULT_TAP_NAME) -> None:
@@ -150,9 +151,10 @@ def _attach(netns: Path, tap_name: str, interface: str | None, queues: int) -> P
     return _wire(netns, pod, tap_name, queues)
 
 
-def _adopt(netns: Path, moved_name: str, tap_name: str, interface: str | None) -> PodEndpoint:
+def _adopt(netns: Path, moved_name: str, tap_name: str, interface: str | None,
+           pod: PodInterface | None) -> PodEndpoint:
     try:
-        pod = _discover(netns, interface)
+        pod = pod or _discover(netns, interface)
         with Netlink() as nl:
             moved = nl.link(moved_name)
             if moved is None:
@@ -162,6 +164,13 @@ def _adopt(netns: Path, moved_name: str, tap_name: str, interface: str | None) -
         _detach(moved_name)
         raise
     return _wire(netns, pod, tap_name, 1)
+
+
+def endpoint_of(netns: Path, pod: PodInterface, tap_name: str = DEFAULT_TAP_NAME,
+                queues: int = 1) -> PodEndpoint:
+    """The endpoint *pod* becomes once wired to *tap_name*."""
+    return PodEndpoint(netns=netns, veth_name=pod.name, tap_name=tap_name, mac=pod.mac,
+                       mtu=pod.mtu, addresses=pod.addresses, routes=pod.routes, queues=queues)
 
 
 def _wire(netns: Path, pod: PodInterface, tap_name: str, queues: int) -> PodEndpoint:
@@ -181,8 +190,7 @@ def _wire(netns: Path, pod: PodInterface, tap_name: str, queues: int) -> PodEndp
     except BaseException:
         _detach(tap_name)
         raise
-    return PodEndpoint(netns=netns, veth_name=pod.name, tap_name=tap_name, mac=pod.mac,
-                       mtu=pod.mtu, addresses=pod.addresses, routes=pod.routes, queues=queues)
+    return endpoint_of(netns, pod, tap_name, queues)
 
 
 def _detach(tap_name: str) -> None:

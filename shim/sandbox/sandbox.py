@@ -15,6 +15,7 @@ import shutil
 import time
 from pathlib import Path
 
+from shim import failpoints
 from shim.agent.client import AgentClient
 from shim.config import GraftConfig
 from shim.factory.boot import BootedVm, BootPath, boot_vm
@@ -24,7 +25,7 @@ from shim.hypervisor.base import Hypervisor, NetworkDevice, VmPaths
 from shim.mounts import bind_mount, mount_tmpfs, unmount_all_under
 from shim.network import (NoPodInterface, PodEndpoint, agent_interface, agent_routes,
                           attach_endpoint, detach_endpoint)
-from shim.sandbox import boot_metrics
+from shim.sandbox import boot_metrics, preflight
 from shim.sandbox import state
 from shim.sandbox.state import SandboxRef, validate_id
 from shim.timeline import Timeline
@@ -62,6 +63,7 @@ class Sandbox:
                      timeline: Timeline | None = None) -> "Sandbox":
         ref = SandboxRef.of(ref)
         state.check_socket_room(config)
+        preflight.check_host(config, resources)
         timeline = timeline or Timeline()
         run_dir = state.run_dir(config, ref)
         if run_dir.exists():
@@ -78,12 +80,17 @@ class Sandbox:
         async def nic_tap() -> int:
             return await asyncio.to_thread(open_clone_tap, await asyncio.shield(attaching),
                                            ref.key)
+        booted = None
         try:
             mount_tmpfs(paths.shared_dir, SHARE_ROOT_BYTES)
             booted = await boot_vm(config, ref.id, paths, netns, resources, timeline, nic_tap)
             endpoint = await attaching
+            failpoints.reach(failpoints.NETWORK_ATTACHED)
         except BaseException:
             timeline.detach()
+            if booted is not None:  # the network failed under a VM that came up
+                await _collect([], booted.agent.close())
+                await _collect([], booted.hypervisor.stop_vm())
             if not attaching.done():
                 attaching.cancel()
             done = await asyncio.gather(attaching, return_exceptions=True)
@@ -104,16 +111,23 @@ class Sandbox:
         sandbox = cls(ref, config, paths, booted.hypervisor, booted.agent,
                       booted.boot_path, booted.size)
         sandbox.endpoint = endpoint
-        try:
-            sandbox._record_state(booted.seconds)
+        async def network() -> None:
             if endpoint is not None:
                 await sandbox._plug_network(endpoint, booted.nic_mac)
                 timeline.mark("nic ready")
+                failpoints.reach(failpoints.NIC_ATTACHED)
+
+        async def guest_sandbox() -> None:
             await booted.agent.create_sandbox(
                 sandbox_id=ref.id, hostname=hostname or ref.id[:63],
                 share_mount_tag=booted.hypervisor.config.share_mount_tag,
                 share_mount_point=GUEST_SHARE_MOUNT, dns=dns)
             timeline.mark("sandbox ready")
+            failpoints.reach(failpoints.SANDBOX_CREATED)
+        try:
+            sandbox._record_state(booted.seconds)
+            # Independent in the guest: the pod's NIC, and its hostname, DNS and share.
+            await _all(network(), guest_sandbox())
         except BaseException:
             timeline.detach()
             await sandbox.stop()
@@ -218,6 +232,14 @@ class Sandbox:
             self._stopped.set()
         if failures:
             raise failures[0]
+
+
+async def _all(*steps) -> None:
+    """Run *steps* together; when one fails, wait for the others, then raise the first."""
+    results = await asyncio.gather(*steps, return_exceptions=True)
+    for result in results:
+        if isinstance(result, BaseException):
+            raise result
 
 
 async def _collect(failures: list[BaseException], step) -> None:

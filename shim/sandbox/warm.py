@@ -33,7 +33,8 @@ from shim.factory.sizing import fit_to_request
 from shim.factory.template import current_template_dir, find_usable_template
 from shim.hypervisor.base import VmPaths
 from shim.mounts import mount_tmpfs
-from shim.network import PodEndpoint, adopt_tap, detach_endpoint
+from shim.network import (NoPodInterface, PodEndpoint, adopt_tap, detach_endpoint,
+                          discover_pod_interface, endpoint_of)
 from shim.network.tuntap import open_transient_tap
 from shim.timeline import Timeline
 from shim.ttrpc import TtrpcError
@@ -98,7 +99,8 @@ async def prepare_warm_vm(config: GraftConfig, config_source: str) -> WarmVm:
         booted = await restore_clone(config, f"pool-{key[:12]}", paths, None,
                                      template.directory, template.memory_file,
                                      f"template {template.directory} (warm pool)",
-                                     nic_tap=tap)
+                                     nic_tap=tap, memory_readonly=template.metadata.hypervisor
+                                     .private_readonly_memory)
     except BaseException:
         state.remove_run_dir(run_dir)
         raise
@@ -161,28 +163,60 @@ async def adopt_warm_vm(warm: WarmVm, ref: SandboxRef, config: GraftConfig,
     timeline.attach(run_dir)
     timeline.mark("warm vm adopted")
     endpoint: PodEndpoint | None = None
+    # Everything the pod's identity needs runs together; all of it is done before the
+    # sandbox is returned (no container runs before the RNG is reseeded).
+    refreshing = asyncio.ensure_future(_marked(refresh_clone_identity(agent), timeline,
+                                               "clone identity refreshed"))
+    wiring: asyncio.Future | None = None
     try:
-        attaching = (asyncio.to_thread(adopt_tap, netns, warm.tap_name) if netns is not None
-                     else _nothing())
-        endpoint, _ = await asyncio.gather(_marked(attaching, timeline, "network attached"),
-                                           _marked(refresh_clone_identity(agent), timeline,
-                                                   "clone identity refreshed"))
+        # The guest needs what CNI configured (MAC, addresses, routes), not the tap: it is
+        # moved and wired while the guest takes its new identity and network config.
+        pod = await asyncio.to_thread(_discover, netns) if netns is not None else None
+        if pod is not None:
+            endpoint = endpoint_of(netns, pod)
+            wiring = asyncio.ensure_future(_marked(asyncio.to_thread(
+                adopt_tap, netns, warm.tap_name, pod=pod), timeline, "network attached"))
         warm.booted.size = await fit_to_request(vm, agent, resources or PodResources())
         timeline.mark("vm sized")
     except BaseException:
         timeline.detach()
+        await _settled(wiring, refreshing)
         if endpoint is not None:
             await asyncio.to_thread(detach_endpoint, endpoint.netns, endpoint.tap_name)
         await agent.close()
         await vm.stop_vm()
         state.remove_run_dir(run_dir)
         raise
-    return await Sandbox.complete(ref, config, paths, warm.booted, endpoint, hostname, dns,
-                                  timeline)
+    try:
+        sandbox = await Sandbox.complete(ref, config, paths, warm.booted, endpoint, hostname,
+                                         dns, timeline)
+    except BaseException:
+        await _settled(wiring, refreshing)  # complete() stopped the VM; wiring leftovers go
+        if endpoint is not None:
+            await asyncio.to_thread(detach_endpoint, endpoint.netns, endpoint.tap_name)
+        raise
+    try:
+        await refreshing
+        if wiring is not None:
+            await wiring
+    except BaseException:
+        await _settled(wiring)
+        await sandbox.stop()
+        raise
+    return sandbox
 
 
-async def _nothing() -> None:
-    return None
+def _discover(netns: Path):
+    """The pod's CNI interface; None when the netns has none (loopback-only pod)."""
+    try:
+        return discover_pod_interface(netns)
+    except NoPodInterface:
+        log.info("netns %s has no configured interface: the VM gets loopback only", netns)
+        return None
+
+
+async def _settled(*tasks: asyncio.Future | None) -> None:
+    await asyncio.gather(*(t for t in tasks if t is not None), return_exceptions=True)
 
 
 async def _marked(step, timeline: Timeline, name: str):

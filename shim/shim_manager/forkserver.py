@@ -6,6 +6,7 @@ instead of after a fresh interpreter's ~150 ms of imports (bench/shim_start.py).
 {stamp, args, config_path, env} with the pod's listening socket as SCM_RIGHTS; the server
 double-forks the daemon (it is nobody's child, like a shim `start` leaves) and answers
 {"pid": N}. It answers {"stale": true} and exits when the code changed since it started,
+answers {"stopping": its pid} and exits when asked {"stop": true} (`graft fork-server stop`),
 serves only root (or its own uid), and exits after IDLE_SECONDS without a request. It keeps
 no thread and no event loop, so forking it is safe.
 """
@@ -60,10 +61,18 @@ def _handle(conn: socket.socket, own_fds: tuple[int, ...], stamp: str, pools: Po
     """Serve one request; False when this server must exit (its code is stale)."""
     message, fds, _, _ = socket.recv_fds(conn, _MAX_MESSAGE, 4)
     try:
-        if not _peer_allowed(conn) or len(fds) != 1:
+        if not _peer_allowed(conn):
             conn.send(json.dumps({"error": "refused"}).encode())
             return True
         request = json.loads(message)
+        if not isinstance(request, dict):
+            raise ValueError("a request is a JSON object")
+        if request.get("stop") is True and not fds:
+            conn.send(json.dumps({"stopping": os.getpid()}).encode())
+            return False
+        if len(fds) != 1:
+            conn.send(json.dumps({"error": "refused"}).encode())
+            return True
         if request.get("stamp") != stamp:
             conn.send(json.dumps({"stale": True}).encode())
             return False
@@ -95,9 +104,35 @@ def _take(lock: int, patience: float = 1.0) -> bool:
             time.sleep(0.05)
 
 
+def lock_path(path: str) -> str:
+    """The file a server holds locked (flock) for as long as it serves *path*."""
+    return path + ".lock"
+
+
+def remove_unserved_socket(path: str) -> bool:
+    """Remove *path* if no server holds its lock (one killed outright leaves its socket);
+    True if removed. Under the lock: no server can be binding it meanwhile."""
+    try:
+        lock = os.open(lock_path(path), os.O_RDWR | os.O_CLOEXEC)
+    except FileNotFoundError:
+        return False  # no server ever ran there
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(lock)
+        return False
+    try:
+        os.unlink(path)
+        return True
+    except FileNotFoundError:
+        return False
+    finally:
+        os.close(lock)
+
+
 def serve(path: str) -> None:
     os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
-    lock = os.open(path + ".lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    lock = os.open(lock_path(path), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
     if not _take(lock):
         return  # another fork server for this code tree is up
     stamp = code_stamp()

@@ -66,6 +66,21 @@ def request_daemon(path: str, request: dict, listen_fd: int) -> int | None:
     return pid if isinstance(pid, int) and pid > 0 else None
 
 
+def stop_server(path: str) -> int | None:
+    """Ask the fork server at *path* to exit (daemons it forked are not its children and
+    keep running); its pid, or None when none answers there."""
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET) as sock:
+            sock.settimeout(REPLY_TIMEOUT)
+            sock.connect(path)
+            sock.send(json.dumps({"stop": True}).encode())
+            reply = json.loads(sock.recv(_MAX_MESSAGE) or b"{}")
+    except (OSError, ValueError):
+        return None
+    pid = reply.get("stopping")
+    return pid if isinstance(pid, int) and pid > 0 else None
+
+
 def spawn_server(path: str) -> None:
     """Start a fork server for this code tree in the background (it exits at once if another
     already holds the socket). Never waits for it."""

@@ -14,6 +14,7 @@ Decisions:
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import shutil
@@ -23,6 +24,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from shim import failpoints
 from shim.agent.client import AgentClient
 from shim.agent.pacing import MinInterval
 from shim.mounts import bind_mount, mounts_under, unmount_all_under
@@ -199,6 +201,7 @@ class VmBackend:
 
     async def create_container(self, config: ContainerConfig) -> int:
         self.timeline.mark(f"{config.id} create")
+        failpoints.arm(self._config_path, config.spec)
         if config.kind in (ContainerKind.POD_VM, ContainerKind.SINGLE):
             check_sandbox_namespaces(config.spec)
             await self._launch(_pod_vm(config))
@@ -210,17 +213,24 @@ class VmBackend:
         if config.kind is ContainerKind.POD_VM:
             return self._pid
         assert self._sandbox is not None
+        created = False
         try:
             spec, binds = guest_spec(config.spec, f"{GUEST_SHARE_MOUNT}/{_MOUNTS_DIR}/{config.id}")
             self._expose_binds(config.id, binds)
             guest_rootfs = self._sandbox.add_container_rootfs(config.id, config.rootfs)
             self.timeline.mark(f"{config.id} rootfs ready")
+            failpoints.reach(failpoints.ROOTFS_BOUND)
             await self._undo.call((config.id, ""), self.agent.create_container(
                 config.id, json.dumps(spec).encode(), guest_rootfs, stdin=config.stdio.has_stdin,
                 runtime=self._sandbox.config.get("agent", "runtime")),
                 undo=lambda: ignoring_gone(self.agent.remove_container(config.id, force=True)))
+            created = True
             self.timeline.mark(f"{config.id} created")
+            failpoints.reach(failpoints.CONTAINER_CREATED)
         except BaseException:
+            if created:  # a step after the guest's create failed: the guest must not keep it
+                with contextlib.suppress(Exception):
+                    await self.agent.remove_container(config.id, force=True)
             self._remove_binds(config.id)
             self._sandbox.remove_container_rootfs(config.id)
             self._kinds.pop(config.id, None)

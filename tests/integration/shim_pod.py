@@ -98,8 +98,12 @@ def use_private_state(containerd, state_dir: str) -> None:
         text.replace("[runtime]\n", f'[runtime]\nstate_dir = "{state_dir}"\n', 1))
 
 
-async def start_pod(containerd, runtime: str, cid: str, tmp: Path, rootfs: Path) -> Shim:
-    args = ["run", "-d"] + (["--runtime", runtime] if runtime == GRAFT else []) + [
+async def start_pod(containerd, runtime: str, cid: str, tmp: Path, rootfs: Path,
+                    runtime_config: Path | None = None) -> Shim:
+    """*runtime_config*: the graft config the shim reads (ctr passes no ConfigPath otherwise:
+    the shim reads $GRAFT_CONFIG or /etc/graft/configuration.toml)."""
+    config = ["--runtime-config-path", str(runtime_config)] if runtime_config else []
+    args = ["run", "-d"] + (["--runtime", runtime] if runtime == GRAFT else []) + config + [
         IMAGE, cid, "sleep", "100000"]
     await asyncio.to_thread(containerd.ctr, *args, timeout=300)
     client = await Client.connect_unix(_shim_address(containerd, cid))

@@ -48,7 +48,7 @@ async def test_fallback_to_publish_binary(tmp_path: Path, monkeypatch):
     log = tmp_path / "calls"
     script.write_text(f"#!/bin/sh\necho \"$@\" >> {log}\ncat >> {log}.stdin\n")
     script.chmod(0o755)
-    monkeypatch.setattr(Publisher, "TRIES", 1)
+    monkeypatch.setattr(Publisher, "RETRY_DELAYS", ())
     publisher = Publisher("ns1", str(tmp_path / "nobody-listens"), str(script), "/run/c.sock")
     runner = asyncio.ensure_future(publisher.run())
     event = events_pb2.TaskDelete(container_id="c")
@@ -58,3 +58,32 @@ async def test_fallback_to_publish_binary(tmp_path: Path, monkeypatch):
     assert log.read_text().split() == ["--address", "/run/c.sock", "publish", "--topic",
                                        "/tasks/delete", "--namespace", "ns1"]
     assert (tmp_path / "calls.stdin").read_bytes() == pack_bare(event).SerializeToString()
+
+
+def test_retries_last_as_long_as_runc_shims():
+    """containerd's runc shim requeues a failed event after 1, 2, 3, 4 and 5 s: an event must
+    outlive a containerd restart of that length here too."""
+    assert sum(Publisher.RETRY_DELAYS) >= 15
+
+
+async def test_an_event_outlives_containerd_being_down(tmp_path: Path, monkeypatch):
+    monkeypatch.setattr(Publisher, "RETRY_DELAYS", (0.05, 0.1, 0.2, 0.4, 0.8, 1.6))
+    received: list = []
+
+    async def forward(req):
+        received.append(req.envelope.topic)
+        return empty_pb2.Empty()
+
+    path = tmp_path / "containerd.sock.ttrpc"
+    publisher = Publisher("k8s.io", f"unix://{path}")
+    runner = asyncio.ensure_future(publisher.run())
+    publisher.publish(topics.TASK_EXIT, events_pb2.TaskExit(container_id="c", id="c"))
+    await asyncio.sleep(1.0)  # nobody listens yet: several tries fail
+    assert received == []
+    server = Server()
+    server.register(EVENTS_SERVICE_NAME, {"Forward": (events_service_pb2.ForwardRequest, forward)})
+    await server.serve_unix(str(path))
+    await publisher.close()
+    await asyncio.wait_for(runner, 10)
+    await server.close()
+    assert received == [topics.TASK_EXIT]

@@ -44,6 +44,8 @@ class StubTemplate:
     def __init__(self, directory: Path) -> None:
         self.directory = directory
         self.memory_file = directory / "memory"
+        self.metadata = SimpleNamespace(
+            hypervisor=SimpleNamespace(private_readonly_memory=False))
 
 
 def a_template(tmp_path: Path) -> StubTemplate:
@@ -109,6 +111,9 @@ class AgentFailingReseed:
     async def reseed_random_dev(self, data: bytes) -> None:
         assert len(data) == boot.RESEED_BYTES
         raise TtrpcError(Code.INTERNAL, "injected")
+
+    async def set_guest_date_time(self, sec: int, usec: int) -> None:
+        pass
 
     async def close(self) -> None:
         self.closed_calls += 1

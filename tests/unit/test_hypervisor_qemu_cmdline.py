@@ -165,3 +165,13 @@ def test_guest_cmdline() -> None:
     assert guest_cmdline(["quiet"], "p") == "console=ttyS0 quiet graft.agent_port=p"
     assert guest_cmdline(["console=hvc0", "graft.agent_port=old"], "new") == \
         "console=hvc0 graft.agent_port=new"
+
+
+def test_a_clone_can_open_its_memory_read_only_where_qemu_supports_it() -> None:
+    ro = config(file_backed_memory=FileBackedMemoryConfig(Path("/tpl/memory"), shared=False,
+                                                          readonly=True))
+    assert ("memory-backend-file,id=mem,size=256M,mem-path=/tpl/memory,share=off,"
+            "readonly=on,rom=off") in values(build_argv(ro, PATHS, spec()), "-object")
+    with pytest.raises(ValueError):
+        build_argv(config(file_backed_memory=FileBackedMemoryConfig(
+            Path("/tpl/memory"), shared=True, readonly=True)), PATHS, spec())

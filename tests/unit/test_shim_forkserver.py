@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import io
 import json
 import os
 import socket
@@ -131,3 +133,51 @@ def test_fork_server_module_keeps_the_warm_list_importable() -> None:
 
     for name in forkserver._WARM_MODULES:
         importlib.import_module(name)
+
+
+def _serve_in_background(path: str) -> subprocess.Popen:
+    proc = subprocess.Popen([sys.executable, "-c", (
+        "import sys; from shim.shim_manager.forkserver import serve; serve(sys.argv[1])"), path])
+    deadline = time.monotonic() + 30
+    while not os.path.exists(path) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert os.path.exists(path), "the fork server did not bind its socket"
+    return proc
+
+
+def test_graft_fork_server_stop_makes_the_server_exit(tmp_path: Path) -> None:
+    from shim.cli import graft_main
+    from shim.cli.fork_server import run_fork_server
+
+    path = str(tmp_path / "fs.sock")
+    proc = _serve_in_background(path)
+    try:
+        assert forkserver.remove_unserved_socket(path) is False  # it holds its lock
+        assert os.path.exists(path)
+        out = io.StringIO()
+        assert run_fork_server("stop", path, out) == 0
+        assert out.getvalue() == f"stopped the fork server at {path} (pid {proc.pid})\n"
+        assert proc.wait(10) == 0
+        assert not os.path.exists(path)
+        out = io.StringIO()  # nothing there now: says so, still succeeds (through the CLI)
+        with contextlib.redirect_stdout(out):
+            assert graft_main.main(["fork-server", "stop", "--socket", path]) == 0
+        assert out.getvalue() == f"no fork server at {path}\n"
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+def test_fork_server_stop_removes_the_socket_of_a_killed_server(tmp_path: Path) -> None:
+    from shim.cli.fork_server import run_fork_server
+
+    path = str(tmp_path / "fs.sock")
+    proc = _serve_in_background(path)
+    proc.kill()
+    proc.wait()
+    assert os.path.exists(path)  # SIGKILL: no chance to unlink it
+    out = io.StringIO()
+    assert run_fork_server("stop", path, out) == 0
+    assert out.getvalue() == f"no fork server at {path}\nremoved {path} (its server had been killed)\n"
+    assert not os.path.exists(path)
+
