@@ -28,8 +28,9 @@ DEFAULT_SHARE_POINT = "/run/graft/shared"
 NINEP_MSIZE = 512000  # the largest the 6.1 virtio transport accepts
 # cache=mmap: mmap'd pages go through the page cache, with readahead (with cache=none a
 # container's binary is faulted in one 4 KiB read per page: ~100 round trips to the host
-# for busybox's first output); read(), write() and metadata stay uncached, as with
-# cache=none, so the host's changes (volumes) show at once.
+# for busybox's first output), and writable shared mappings work (cache=none refuses them
+# with EINVAL); read(), write() and metadata stay uncached, as with cache=none, so the
+# host's changes (volumes) show at once.
 NINEP_OPTIONS = f"trans=virtio,version=9p2000.L,cache=mmap,msize={NINEP_MSIZE}"
 
 
