@@ -32,6 +32,7 @@ sys.path.insert(0, str(ROOT))
 
 from shim.agent.client import AgentClient  # noqa: E402
 from graft_agent.api import agent_pb2 as pb  # noqa: E402
+from graft_agent.warmup import CRI_PATH_ENV, cri_spec  # noqa: E402
 from shim.config import GraftConfig, load_config  # noqa: E402
 from shim.factory.boot import boot_vm  # noqa: E402
 from shim.factory.boot_nic import TEMPLATE_MAC  # noqa: E402
@@ -44,48 +45,22 @@ from shim.sandbox.state import SandboxRef, run_dir  # noqa: E402
 from shim.task.guest_spec import guest_spec  # noqa: E402
 
 READY = "bench-ready"
-_CAPS = ["CAP_CHOWN", "CAP_DAC_OVERRIDE", "CAP_FSETID", "CAP_FOWNER", "CAP_MKNOD",
-         "CAP_NET_RAW", "CAP_SETGID", "CAP_SETUID", "CAP_SETFCAP", "CAP_SETPCAP",
-         "CAP_NET_BIND_SERVICE", "CAP_SYS_CHROOT", "CAP_KILL", "CAP_AUDIT_WRITE"]
-_NOSUID_NOEXEC_NODEV = ["nosuid", "noexec", "nodev"]
 
 
-def cri_spec(args: list[str], hostname: str, pod_files: Path) -> dict:
-    """A pod container's spec in the shape containerd 1.6's CRI plugin writes it."""
+def pod_spec(args: list[str], hostname: str, files: Path) -> dict:
+    """The host's spec of a pod's container, as containerd 1.6's CRI writes it."""
     def bind(destination: str, source: Path) -> dict:
         return {"destination": destination, "type": "bind", "source": str(source),
                 "options": ["rbind", "rprivate", "rw"]}
-    ns = [{"type": kind, "path": f"/proc/1/ns/{kind}"} for kind in ("pid", "ipc", "uts")]
-    return {
-        "ociVersion": "1.0.2-dev",
-        "process": {"user": {"uid": 0, "gid": 0, "additionalGids": [0]}, "args": args,
-                    "env": ["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
-                            f"HOSTNAME={hostname}"],
-                    "cwd": "/",
-                    "capabilities": {"bounding": _CAPS, "effective": _CAPS, "permitted": _CAPS}},
-        "root": {"path": "rootfs"},
-        "mounts": [
-            {"destination": "/proc", "type": "proc", "source": "proc", "options": _NOSUID_NOEXEC_NODEV},
-            {"destination": "/dev", "type": "tmpfs", "source": "tmpfs",
-             "options": ["nosuid", "strictatime", "mode=755", "size=65536k"]},
-            {"destination": "/dev/pts", "type": "devpts", "source": "devpts",
-             "options": ["nosuid", "noexec", "newinstance", "ptmxmode=0666", "mode=0620", "gid=5"]},
-            {"destination": "/dev/mqueue", "type": "mqueue", "source": "mqueue",
-             "options": _NOSUID_NOEXEC_NODEV},
-            {"destination": "/sys", "type": "sysfs", "source": "sysfs",
-             "options": _NOSUID_NOEXEC_NODEV + ["ro"]},
-            {"destination": "/sys/fs/cgroup", "type": "cgroup", "source": "cgroup",
-             "options": _NOSUID_NOEXEC_NODEV + ["relatime", "ro"]},
-            bind("/etc/hostname", pod_files / "hostname"),
-            bind("/etc/hosts", pod_files / "hosts"),
-            bind("/etc/resolv.conf", pod_files / "resolv.conf"),
-            bind("/dev/shm", pod_files / "shm"),
-        ],
-        "linux": {"resources": {"devices": [{"allow": False, "access": "rwm"}]},
-                  "cgroupsPath": "/k8s.io/bench",
-                  "namespaces": ns + [{"type": "mount"},
-                                      {"type": "network", "path": "/proc/1/ns/net"}]},
-    }
+    spec = cri_spec(args, [CRI_PATH_ENV, f"HOSTNAME={hostname}"],
+                    [bind("/etc/hostname", files / "hostname"),
+                     bind("/etc/hosts", files / "hosts"),
+                     bind("/etc/resolv.conf", files / "resolv.conf"),
+                     bind("/dev/shm", files / "shm")],
+                    [*({"type": kind, "path": f"/proc/1/ns/{kind}"} for kind in ("pid", "ipc", "uts")),
+                     {"type": "mount"}, {"type": "network", "path": "/proc/1/ns/net"}])
+    spec["linux"]["cgroupsPath"] = "/k8s.io/bench"
+    return spec
 
 
 def pod_files(directory: Path, hostname: str) -> Path:
@@ -123,7 +98,7 @@ class Pod:
             share_mount_point=GUEST_SHARE_MOUNT, dns=["nameserver 10.0.0.10"]))
 
     async def container(self, cid: str, rootfs: Path) -> dict[str, float]:
-        spec, binds = guest_spec(cri_spec(["sh", "-c", f"echo {READY}; exec sleep 1000"],
+        spec, binds = guest_spec(pod_spec(["sh", "-c", f"echo {READY}; exec sleep 1000"],
                                           self.box.id, self.files),
                                  f"{GUEST_SHARE_MOUNT}/.mounts/{cid}")
         mounts = self.box.paths.shared_dir / ".mounts" / cid

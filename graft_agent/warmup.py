@@ -25,7 +25,7 @@ log = logging.getLogger(__name__)
 THROWAWAY_ID = "graft-agent-warmup"
 _WAIT_S = 30.0
 _NOSUID_NOEXEC_NODEV = ["nosuid", "noexec", "nodev"]
-_CRI_PATH = "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+CRI_PATH_ENV = "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 # kubelet's defaults (what CRI containers carry unless privileged)
 _MASKED = ["/proc/acpi", "/proc/kcore", "/proc/keys", "/proc/latency_stats", "/proc/timer_list",
            "/proc/timer_stats", "/proc/sched_debug", "/proc/scsi", "/sys/firmware"]
@@ -34,6 +34,34 @@ _READONLY = ["/proc/asound", "/proc/bus", "/proc/fs", "/proc/irq", "/proc/sys",
 _CAPS = ["CAP_CHOWN", "CAP_DAC_OVERRIDE", "CAP_FSETID", "CAP_FOWNER", "CAP_MKNOD", "CAP_NET_RAW",
          "CAP_SETGID", "CAP_SETUID", "CAP_SETFCAP", "CAP_SETPCAP", "CAP_NET_BIND_SERVICE",
          "CAP_SYS_CHROOT", "CAP_KILL", "CAP_AUDIT_WRITE"]
+
+
+def cri_spec(args: list[str], env: list[str], binds: list[dict], namespaces: list[dict]) -> dict:
+    """A pod container's spec in the shape containerd 1.6's CRI plugin writes it: its default
+    capabilities and mounts, then `binds`, a deny-all device rule, `namespaces`."""
+    return {
+        "ociVersion": "1.0.2-dev",
+        "process": {"user": {"uid": 0, "gid": 0, "additionalGids": [0]}, "args": args,
+                    "env": env, "cwd": "/",
+                    "capabilities": {"bounding": _CAPS, "effective": _CAPS, "permitted": _CAPS}},
+        "root": {"path": "rootfs"},
+        "mounts": [
+            {"destination": "/proc", "type": "proc", "source": "proc", "options": _NOSUID_NOEXEC_NODEV},
+            {"destination": "/dev", "type": "tmpfs", "source": "tmpfs",
+             "options": ["nosuid", "strictatime", "mode=755", "size=65536k"]},
+            {"destination": "/dev/pts", "type": "devpts", "source": "devpts",
+             "options": ["nosuid", "noexec", "newinstance", "ptmxmode=0666", "mode=0620", "gid=5"]},
+            {"destination": "/dev/mqueue", "type": "mqueue", "source": "mqueue",
+             "options": _NOSUID_NOEXEC_NODEV},
+            {"destination": "/sys", "type": "sysfs", "source": "sysfs",
+             "options": _NOSUID_NOEXEC_NODEV + ["ro"]},
+            {"destination": "/sys/fs/cgroup", "type": "cgroup", "source": "cgroup",
+             "options": _NOSUID_NOEXEC_NODEV + ["relatime", "ro"]},
+            *binds,
+        ],
+        "linux": {"resources": {"devices": [{"allow": False, "access": "rwm"}]},
+                  "namespaces": namespaces},
+    }
 
 
 async def warm(agent) -> None:
@@ -59,39 +87,19 @@ async def warm(agent) -> None:
 
 
 def throwaway_spec(busybox: str) -> dict:
-    """A pod container's spec as CRI writes it (pod IPC and UTS namespaces, /dev/shm, kubelet's
-    masked and read-only paths, CRI's $PATH, HOME from /etc/passwd), running `sh -c :` from
+    """CRI's spec as the guest gets it (pod IPC and UTS namespaces, /dev/shm), with kubelet's
+    masked and read-only paths, CRI's $PATH and HOME from /etc/passwd, running `sh -c :` from
     the guest's busybox."""
-    return {
-        "ociVersion": "1.0.2",
-        "process": {"user": {"uid": 0, "gid": 0, "additionalGids": [0]},
-                    "args": ["sh", "-c", ":"], "env": [_CRI_PATH, "HOSTNAME=warmup"],
-                    "cwd": "/",
-                    "capabilities": {"bounding": _CAPS, "effective": _CAPS, "permitted": _CAPS}},
-        "root": {"path": "rootfs"},
-        "mounts": [
-            {"destination": "/proc", "type": "proc", "source": "proc", "options": _NOSUID_NOEXEC_NODEV},
-            {"destination": "/dev", "type": "tmpfs", "source": "tmpfs",
-             "options": ["nosuid", "strictatime", "mode=755", "size=65536k"]},
-            {"destination": "/dev/pts", "type": "devpts", "source": "devpts",
-             "options": ["nosuid", "noexec", "newinstance", "ptmxmode=0666", "mode=0620", "gid=5"]},
-            {"destination": "/dev/mqueue", "type": "mqueue", "source": "mqueue",
-             "options": _NOSUID_NOEXEC_NODEV},
-            {"destination": "/sys", "type": "sysfs", "source": "sysfs",
-             "options": _NOSUID_NOEXEC_NODEV + ["ro"]},
-            {"destination": "/sys/fs/cgroup", "type": "cgroup", "source": "cgroup",
-             "options": _NOSUID_NOEXEC_NODEV + ["relatime", "ro"]},
-            {"destination": "/bin/sh", "type": "bind", "source": busybox,
-             "options": ["rbind", "rprivate", "ro"]},
-            {"destination": "/dev/shm", "type": "bind", "source": POD_SHM,
-             "options": ["rbind", "rprivate", "rw", "nosuid", "nodev", "noexec"]},
-        ],
-        "linux": {"resources": {"devices": [{"allow": False, "access": "rwm"}]},
-                  "namespaces": [{"type": "pid"}, {"type": "mount"},
-                                 {"type": "ipc", "path": f"{POD_NAMESPACES}/ipc"},
-                                 {"type": "uts", "path": f"{POD_NAMESPACES}/uts"}],
-                  "maskedPaths": _MASKED, "readonlyPaths": _READONLY},
-    }
+    spec = cri_spec(
+        ["sh", "-c", ":"], [CRI_PATH_ENV, "HOSTNAME=warmup"],
+        [{"destination": "/bin/sh", "type": "bind", "source": busybox,
+          "options": ["rbind", "rprivate", "ro"]},
+         {"destination": "/dev/shm", "type": "bind", "source": POD_SHM,
+          "options": ["rbind", "rprivate", "rw", "nosuid", "nodev", "noexec"]}],
+        [{"type": "pid"}, {"type": "mount"}, {"type": "ipc", "path": f"{POD_NAMESPACES}/ipc"},
+         {"type": "uts", "path": f"{POD_NAMESPACES}/uts"}])
+    spec["linux"].update(maskedPaths=_MASKED, readonlyPaths=_READONLY)
+    return spec
 
 
 async def throwaway_container(containers, directory: str) -> None:
