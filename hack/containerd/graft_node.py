@@ -37,6 +37,7 @@ class GraftNode:
     # -- the graft config the shim reads (runtime option ConfigPath) ----------------------------
 
     def configure(self, *, template: bool = True, failpoints: bool = False,
+                  cache_size: int = 0,
                   state_dir: Path | None = None, guest_dir: Path | None = None,
                   template_path: Path | None = None, **hypervisor: object) -> GraftConfig:
         """Write the config every later pod start reads; what is not given is the node's."""
@@ -44,12 +45,15 @@ class GraftNode:
                  f'state_dir = "{state_dir or self.state_dir}"', "",
                  "[guest]", f'image_dir = "{guest_dir or self.guest_dir}"', "",
                  "[factory]", f"enable_template = {str(template).lower()}",
-                 f'template_path = "{template_path or self.template_path}"']
+                 f'template_path = "{template_path or self.template_path}"',
+                 f"cache_size = {cache_size}"]
         if failpoints:
             lines += ["", "[testing]", "failpoints = true"]
         if hypervisor:
             lines += ["", "[hypervisor]"] + [f"{k} = {_toml(v)}" for k, v in hypervisor.items()]
-        self.containerd.layout.graft_config.write_text("\n".join(lines) + "\n")
+        path, text = self.containerd.layout.graft_config, "\n".join(lines) + "\n"
+        if not path.exists() or path.read_text() != text:  # an unchanged file keeps its mtime:
+            path.write_text(text)  # what a warm pool was made for stays current
         return self.config
 
     @property

@@ -26,6 +26,7 @@ import secrets
 from dataclasses import dataclass
 from pathlib import Path
 
+from shim import failpoints
 from shim.config import GraftConfig
 from shim.factory.boot import BootedVm, refresh_clone_identity, restore_clone
 from shim.factory.boot_nic import transient_tap_name
@@ -174,8 +175,7 @@ async def adopt_warm_vm(warm: WarmVm, ref: SandboxRef, config: GraftConfig,
         pod = await asyncio.to_thread(_discover, netns) if netns is not None else None
         if pod is not None:
             endpoint = endpoint_of(netns, pod)
-            wiring = asyncio.ensure_future(_marked(asyncio.to_thread(
-                adopt_tap, netns, warm.tap_name, pod=pod), timeline, "network attached"))
+            wiring = asyncio.ensure_future(_wire(netns, warm.tap_name, pod, timeline))
         warm.booted.size = await fit_to_request(vm, agent, resources or PodResources())
         timeline.mark("vm sized")
     except BaseException:
@@ -204,6 +204,12 @@ async def adopt_warm_vm(warm: WarmVm, ref: SandboxRef, config: GraftConfig,
         await sandbox.stop()
         raise
     return sandbox
+
+
+async def _wire(netns: Path, tap_name: str, pod, timeline: Timeline) -> None:
+    await asyncio.to_thread(adopt_tap, netns, tap_name, pod=pod)
+    timeline.mark("network attached")
+    failpoints.reach(failpoints.NETWORK_ATTACHED)
 
 
 def _discover(netns: Path):

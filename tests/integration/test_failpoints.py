@@ -131,6 +131,36 @@ def test_fault_in_container_create(node, step, action):
     leaks.assert_no_leaks()
 
 
+@pytest.mark.parametrize("action", failpoints.ACTIONS)
+@pytest.mark.parametrize("step", [failpoints.NETWORK_ATTACHED, failpoints.NIC_ATTACHED,
+                                  failpoints.SANDBOX_CREATED])
+def test_fault_while_a_warm_vm_becomes_the_pod(node, step, action):
+    """The warm pool's handoff runs the same steps: a fault there fails the pod and leaves
+    nothing of it (the pool refills; its waiting VM is not the pod's)."""
+    from shim.sandbox.warm import waiting_vms
+
+    # The same config for every case (a rewrite would make the fork server replace its pool;
+    # the next test's configure() without cache_size stops it).
+    config = node.configure(template=True, failpoints=True, cache_size=1)
+    if not waiting_vms(config):  # the fork server learns the pool's config from a pod
+        node.cri.stop_remove(node.cri.run_pod("fp-warm-up", "graft"))
+    deadline = time.monotonic() + 120
+    while not waiting_vms(config):
+        assert time.monotonic() < deadline, "no warm VM"
+        time.sleep(0.2)
+    leaks, mark = node.leak_check(), node.log_mark()
+    with pytest.raises(grpc.RpcError):
+        node.cri.run_pod(f"fp-warm-{step}-{action}", "graft", _annotation(step, action))
+    node.remove_all_pods()
+    _assert_fired(node, mark, step, action)
+    if action == "raise":  # a dying shim's last lines may not make containerd's log
+        deadline = time.monotonic() + 10
+        while "warm vm adopted" not in node.log_since(mark):  # the shim's log, copied
+            assert time.monotonic() < deadline, "the pod was not a warm VM's"
+            time.sleep(0.2)
+    leaks.assert_no_leaks()
+
+
 def _wait_not_ready(node: GraftNode, pod: str, timeout: float = 60) -> None:
     deadline = time.monotonic() + timeout
     while _pod_state(node, pod) != cri.SANDBOX_NOTREADY:
