@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import sys
 import tempfile
@@ -180,10 +181,14 @@ class Bench:
         self.cri: Cri | None = None
 
     def graft_config(self, enable_template: bool, cache_size: int = 0) -> None:
+        # $GRAFT_GUEST_DIR goes into the file: the shim's fork server (which makes the warm
+        # pool's clones) runs with an environment of its own.
+        guest_dir = os.environ.get("GRAFT_GUEST_DIR")
         self.layout.graft_config.write_text(
             f'[runtime]\nlog_level = "debug"\nstate_dir = "{self.base}/state"\n'
             f'[factory]\nenable_template = {str(enable_template).lower()}\n'
-            f'template_path = "{self.base}/tpl"\ncache_size = {cache_size}\n')
+            f'template_path = "{self.base}/tpl"\ncache_size = {cache_size}\n'
+            + (f'[guest]\nimage_dir = "{guest_dir}"\n' if guest_dir else ""))
 
     def wait_for_pool(self, count: int, timeout: float = 120) -> bool:
         from shim.sandbox.warm import waiting_vms

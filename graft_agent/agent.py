@@ -32,23 +32,30 @@ class Agent:
         self._warmup: asyncio.Task | None = None
 
     def start_warmup(self) -> None:
-        """Import what the first container needs while nobody waits yet: on a template that
-        work is then already done in every clone."""
-        self._warmup = asyncio.ensure_future(self._warm())
+        """Do what a pod's start would do first while nobody waits yet (graft_agent/warmup.py):
+        on a template that work is then already done in every clone."""
+        from .warmup import warm
 
-    async def _warm(self) -> None:
-        await asyncio.sleep(0)
-        import ctypes  # noqa: F401  (mounts, 9p share)
-        import ipaddress  # noqa: F401  (network)
-        import json  # noqa: F401  (OCI documents)
-        try:
-            self.containers.runtime("")   # the default runtime, set up (and its imports done)
-        except Exception as exc:   # reported again, to the host, by the first container
-            log.warning("default container runtime: %s", exc)
+        self._warmup = asyncio.ensure_future(warm(self))
+
+    async def warm_up_clone(self, share_tag: str) -> None:
+        from .clone_warmup import warm_clone
+        from .errors import FailedPrecondition
+
+        await self.ready()
+        if self.sandbox.created:
+            raise FailedPrecondition("the VM already serves a pod")
+        await warm_clone(self, share_tag)
 
     async def ready(self) -> None:
         if self._warmup is not None:
             await asyncio.shield(self._warmup)
+
+    def create_sandbox(self, sandbox_id: str, hostname: str, share_tag: str, share_point: str,
+                       dns: list[str]) -> None:
+        self.sandbox.create(sandbox_id, hostname, share_tag, share_point, dns)
+        if hostname:
+            self.containers.pod.set_hostname(hostname)
 
     async def destroy_sandbox(self) -> None:
         await self.containers.remove_all()
@@ -56,7 +63,8 @@ class Agent:
 
     async def shutdown(self) -> None:
         if self._warmup is not None and not self._warmup.done():
-            self._warmup.cancel()
+            self._warmup.cancel()   # and let it undo what it began (its throwaway container)
+            await asyncio.gather(self._warmup, return_exceptions=True)
         await self.containers.remove_all()
         self.network.close()
         try:

@@ -62,7 +62,7 @@ class ContainerManager:
         self._reaper = reaper
         self._oom = oom
         self._runtimes: dict[str, ContainerRuntime] = {}
-        self._pod = PodNamespaces(run_dir, reaper)
+        self.pod = PodNamespaces(run_dir, reaper)
         self._containers: dict[str, Container] = {}
         self._reserved: set[str] = set()
 
@@ -109,28 +109,37 @@ class ContainerManager:
         runtime = self.runtime(runtime_name)
         spec = bundle.container_spec(spec_json, rootfs_path,
                                      f"{self._cgroup_parent}/{container_id}")
-        self._pod.ensure(self._pod.adapt(spec))
+        rootfs_pin = bundle.open_rootfs(rootfs_path)
+        try:
+            await self._create(container_id, runtime, spec, want_stdin)
+        finally:
+            os.close(rootfs_pin)
+        return self._containers[container_id].init.pid
+
+    async def _create(self, container_id: str, runtime: ContainerRuntime, spec: dict,
+                      want_stdin: bool) -> None:
+        self.pod.ensure(self.pod.adapt(spec))
         self._reserved.add(container_id)
         bundle_dir = os.path.join(self._bundles_dir, container_id)
         container = Container(container_id, runtime, bundle_dir)
         try:
             os.makedirs(bundle_dir, mode=0o700)
             container.init.terminal = bool(spec["process"].get("terminal"))
-            await self._launch(container.init, want_stdin, lambda io: runtime.create(
+            launched = await self._launch(container.init, want_stdin, lambda io: runtime.create(
                 container_id, bundle_dir, spec, io))
         except BaseException:
             await self._discard_failed(container)
             self._reserved.discard(container_id)
             raise
         self._reserved.discard(container_id)
-        container.cgroup = Cgroup(cgroup_of(container.init.pid) or spec["linux"]["cgroupsPath"])
+        container.cgroup = Cgroup(launched.cgroup or cgroup_of(container.init.pid)
+                                  or spec["linux"]["cgroupsPath"])
         self._oom.watch(container_id, container.cgroup)
         container.init.on_exit(lambda _: self._on_init_exit(container))
         self._containers[container_id] = container
         log.info("created container %s (%s, pid %d)", container_id, runtime.name, container.init.pid)
-        return container.init.pid
 
-    async def _launch(self, process: Process, want_stdin: bool, runtime_call) -> None:
+    async def _launch(self, process: Process, want_stdin: bool, runtime_call) -> Launched:
         """Start `process` with runtime_call(ProcessIO) (a runtime's create/exec), wiring its
         stdio or terminal, and bind the pid it reports."""
         if process.terminal:
@@ -147,6 +156,7 @@ class ContainerManager:
             finally:
                 wiring.close_child_ends()
         process.adopt(launched.pid, launched.exit)
+        return launched
 
     def _on_init_exit(self, container: Container) -> None:
         container.status = STOPPED
@@ -269,7 +279,7 @@ class ContainerManager:
                 await self.remove(container_id, force=True)
             except Exception as exc:  # keep going: free as much as possible
                 log.error("removing container %s failed: %s", container_id, exc)
-        await self._pod.destroy()
+        await self.pod.destroy()
 
     async def _delete_runtime_state(self, container: Container, force: bool) -> None:
         try:

@@ -82,7 +82,7 @@ class Network:
     def __init__(self) -> None:
         self._nl: Rtnetlink | None = None  # opened on first use
 
-    def _netlink(self) -> Rtnetlink:
+    def netlink(self) -> Rtnetlink:
         if self._nl is None:
             self._nl = Rtnetlink()
         return self._nl
@@ -93,12 +93,12 @@ class Network:
             self._nl = None
 
     def _names(self) -> dict[int, str]:
-        return {link.index: link.name for link in self._netlink().links()}
+        return {link.index: link.name for link in self.netlink().links()}
 
     # -- interfaces -------------------------------------------------------------------------
 
     async def list_links(self) -> list[Link]:
-        nl = self._netlink()
+        nl = self.netlink()
         links = {link.index: Link(link.name, link.mac, link.mtu, []) for link in nl.links()}
         for addr in nl.addresses():
             if addr.index in links:
@@ -114,7 +114,7 @@ class Network:
         addresses = [_check_address(a) for a in wanted.addresses]
         index, current = await self._wait_for_mac(match, appear_timeout)
         name = wanted.name or current
-        nl = self._netlink()
+        nl = self.netlink()
         try:
             nl.set_link(index, up=False)
             nl.set_link(index, name=name if name != current else None,
@@ -137,7 +137,7 @@ class Network:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
         while True:
-            for link in self._netlink().links():
+            for link in self.netlink().links():
                 if link.mac == mac:
                     return link.index, link.name
             if loop.time() > deadline:
@@ -147,7 +147,7 @@ class Network:
     # -- routes -----------------------------------------------------------------------------
 
     async def list_routes(self) -> list[Route]:
-        nl = self._netlink()
+        nl = self.netlink()
         names = self._names()
         routes = []
         for family in (socket.AF_INET, socket.AF_INET6):
@@ -161,7 +161,7 @@ class Network:
     async def update_routes(self, routes: list[Route]) -> list[Route]:
         checked = [(route, *_check_route(route)) for route in routes]
         indexes = {name: index for index, name in self._names().items()}
-        nl = self._netlink()
+        nl = self.netlink()
         # Link-scope routes first: a gateway must be reachable before a route uses it.
         for route, net, family in sorted(checked, key=lambda c: bool(c[0].gateway)):
             if route.device and route.device not in indexes:

@@ -1,7 +1,10 @@
 """The pod's shared parts in the guest: its IPC, UTS and PID namespaces and its /dev/shm.
 
 Container specs name them with the paths of graft_agent.pod_paths (the shim maps CRI's
-sandbox namespaces to those). They are created on first use, for every runtime alike:
+sandbox namespaces to those). The agent's warm-up prepares them (so a template VM is saved
+with them and no clone's first container waits for them: each clone is one pod, in a VM of
+its own, so no two pods ever share them); whatever is missing then, e.g. after
+DestroySandbox, is created on first use, for every runtime alike:
   * a holder process, cloned into new IPC, UTS and PID namespaces (it inherits the VM's
     hostname, the pod's), is the PID namespace's init: it reaps what is orphaned in it and
     keeps the namespace alive. It runs busybox's sh, not a copy of the agent, so containers
@@ -9,6 +12,7 @@ sandbox namespaces to those). They are created on first use, for every runtime a
     agent itself is in none of these namespaces;
   * its namespace files are bind-mounted under <run_dir>/pod/ns, the paths runtimes join;
   * a tmpfs at <run_dir>/pod/shm is the /dev/shm the pod's containers bind-mount.
+The pod's hostname (CreateSandbox) is set in the VM's UTS namespace and in the pod's.
 """
 
 from __future__ import annotations
@@ -59,6 +63,29 @@ class PodNamespaces:
                 mount["source"] = self._local(POD_SHM)
                 needed.add("shm")
         return needed
+
+    def prepare(self) -> None:
+        """Everything a pod may name, made ahead of its first container."""
+        self.ensure({"namespaces", "shm"})
+
+    def set_hostname(self, name: str) -> None:
+        """The pod's UTS namespace gets `name` too (a holder made before CreateSandbox has
+        the hostname the VM had then). setns(CLONE_NEWUTS) moves only this thread."""
+        if not self._holder_running():
+            return   # a holder made later inherits the VM's, already set
+        from .native import linux as L
+
+        pod_uts = os.open(f"{self._local(POD_NAMESPACES)}/uts", os.O_RDONLY | os.O_CLOEXEC)
+        own_uts = os.open("/proc/thread-self/ns/uts", os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            L.setns(pod_uts, L.CLONE_NEWUTS)
+            try:
+                L.sethostname(name)
+            finally:
+                L.setns(own_uts, L.CLONE_NEWUTS)
+        finally:
+            os.close(pod_uts)
+            os.close(own_uts)
 
     def ensure(self, needed: set[str]) -> None:
         if "namespaces" in needed and not self._holder_running():

@@ -30,6 +30,7 @@ class Launched(NamedTuple):
     pid: int
     exit: asyncio.Future[ExitInfo]   # resolved by the agent's reaper
     console_fd: int | None           # the terminal's master (the caller owns it)
+    cgroup: str | None = None        # its cgroup, when the runtime knows it (else read from /proc)
 
 
 class ContainerRuntime(Protocol):

@@ -48,7 +48,7 @@ class AgentService:
 
     @_edge
     async def CreateSandbox(self, req: pb.CreateSandboxRequest) -> _EMPTY:
-        self._agent.sandbox.create(req.sandbox_id, req.hostname, req.share_mount_tag,
+        self._agent.create_sandbox(req.sandbox_id, req.hostname, req.share_mount_tag,
                                    req.share_mount_point, list(req.dns))
         return _EMPTY()
 
@@ -215,6 +215,11 @@ class AgentService:
     async def GetGuestDetails(self, req: _EMPTY) -> pb.GuestDetailsResponse:
         return pb.GuestDetailsResponse(**guest_details(self._containers.default_runtime,
                                                        self._agent.started_at))
+
+    @_edge
+    async def WarmUp(self, req: pb.WarmUpRequest) -> _EMPTY:
+        await self._agent.warm_up_clone(req.share_mount_tag)
+        return _EMPTY()
 
     @_edge
     async def Check(self, req: pb.CheckRequest) -> pb.HealthCheckResponse:

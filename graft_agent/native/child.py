@@ -16,12 +16,12 @@ import fcntl
 import os
 import signal
 import socket
-import stat
 import struct
 from typing import NamedTuple, NoReturn
 
 from ..fsutil import write_raw
 from . import capabilities, linux as L
+from .executable import find_executable
 from .process_spec import ProcessPlan, home_from_passwd
 from .rootfs import pivot, prepare_rootfs
 from .seccomp_filter import SeccompProgram
@@ -34,6 +34,7 @@ _TIOCSCTTY = 0x540E
 _TIOCSWINSZ = 0x5414
 _DEV_NULL_RDEV = os.makedev(1, 3)
 _EXIT_SETUP_FAILED = 127
+_READ_CHUNK = 65536
 
 
 class ChildSetup(NamedTuple):
@@ -122,8 +123,10 @@ def _read_file(path: str) -> str | None:
         return None
     try:
         chunks = []
-        while chunk := os.read(fd, 65536):
+        while chunk := os.read(fd, _READ_CHUNK):
             chunks.append(chunk)
+            if len(chunk) < _READ_CHUNK:
+                break   # a regular file's end (over 9p, reading on costs another round trip)
     finally:
         os.close(fd)
     return b"".join(chunks).decode(errors="replace")
@@ -139,30 +142,6 @@ def _environment(env: list[str], uid: int) -> dict[str, str]:
         if home is not None:
             values["HOME"] = home
     return values
-
-
-def _runnable(path: str) -> bool:
-    """What eaccess(X_OK) says to root (the child is still root when it looks): a regular
-    file with any execute bit."""
-    try:
-        mode = os.stat(path).st_mode
-    except OSError:
-        return False
-    return stat.S_ISREG(mode) and bool(mode & 0o111)
-
-
-def find_executable(name: str, path_env: str | None, cwd: str) -> str:
-    if name.startswith(".") or (not name.startswith("/") and "/" in name):
-        name = f"{cwd.rstrip('/')}/{name}"
-    if name.startswith("/"):
-        if _runnable(name):
-            return name
-        raise FileNotFoundError(f"executable file `{name}` not found or not executable")
-    for directory in (path_env.split(":") if path_env is not None else []):
-        candidate = f"{directory or '.'}/{name}"
-        if _runnable(candidate):
-            return candidate
-    raise FileNotFoundError(f"executable file `{name}` not found in $PATH")
 
 
 def _terminal(common: ChildSetup, process: ProcessPlan, console: bool) -> None:
@@ -238,7 +217,8 @@ def init_body(setup: InitSetup) -> None:
     _chown_std_streams(process.uid, process.gid)
     env = _environment(process.env, process.uid)
     chdir_done = _try_chdir(process.cwd)
-    executable = find_executable(process.args[0], env.get("PATH"), process.cwd)
+    executable = find_executable(process.args[0], env.get("PATH"), process.cwd,
+                                 pins=[])   # held until the exec closes them
     os.setsid()
     if process.terminal:
         _terminal(common, process, console=True)
@@ -281,7 +261,8 @@ def exec_body(setup: ExecSetup) -> None:
         write_raw("/proc/self/oom_score_adj", str(process.oom_score_adj))
     chdir_done = _try_chdir(process.cwd)
     env = _environment(process.env or container.process.env, process.uid)
-    executable = find_executable(process.args[0], env.get("PATH"), process.cwd)
+    executable = find_executable(process.args[0], env.get("PATH"), process.cwd,
+                                 pins=[])   # held until the exec closes them
     if container.personality is not None:
         L.personality(container.personality)
     _rlimits(process)

@@ -5,6 +5,12 @@ mount every spec mount inside it, create the device nodes, mask and write-protec
 the deferred read-only remounts, then pivot_root. Paths inside the rootfs are resolved with
 openat2(RESOLVE_IN_ROOT), so a symlink in the image can never lead a mount outside it; mount
 targets are then named through /proc/self/fd.
+
+Over 9p every path component looked up costs a round trip to the host (two: walk and
+getattr), and a dentry nobody holds is dropped at once (cache=none/mmap), so the same paths
+are not looked up twice where an fd can name them: a bind source is opened once (its type
+and the mount both come from that fd), a file made as a mount target is mounted on through
+the fd that created it.
 """
 
 from __future__ import annotations
@@ -47,7 +53,8 @@ class Rootfs:
                          L.RESOLVE_IN_ROOT | L.RESOLVE_NO_MAGICLINKS)
 
     def ensure(self, rel: str, is_dir: bool, mode: int) -> int:
-        """O_PATH fd of rel, creating it (and missing parents) when absent."""
+        """An fd of rel (O_PATH, or the O_WRONLY one of a file it created), creating it (and
+        missing parents) when absent."""
         try:
             return self.open(rel)
         except FileNotFoundError:
@@ -56,11 +63,10 @@ class Rootfs:
         parent_fd = self.ensure(parent, True, _DIR_MODE) if parent else self.open("")
         try:
             try:
-                if is_dir:
-                    os.mkdir(name, mode, dir_fd=parent_fd)
-                else:
-                    os.close(os.open(name, os.O_CREAT | os.O_EXCL | os.O_WRONLY | os.O_CLOEXEC,
-                                     mode, dir_fd=parent_fd))
+                if not is_dir:   # the new, empty file's own fd names it well enough
+                    return os.open(name, os.O_CREAT | os.O_EXCL | os.O_WRONLY | os.O_CLOEXEC,
+                                   mode, dir_fd=parent_fd)
+                os.mkdir(name, mode, dir_fd=parent_fd)
             except FileExistsError:
                 return self.open(rel)   # appeared meanwhile (maybe as a symlink): resolve it fully
             # Just created by us, so no symlink: open it where it is.
@@ -184,15 +190,31 @@ def _do_mount(root: Rootfs, mount: MountPlan) -> None:
         except FileNotFoundError:
             os.mkdir(rel, 0o755, dir_fd=root.fd)
             target = root.open(rel, _O_PATH | os.O_DIRECTORY | os.O_NOFOLLOW)
+    elif mount.is_bind:
+        _bind_mount(root, mount, rel)
+        return
     else:
-        is_dir = os.path.isdir(mount.source) if mount.is_bind else True
-        target = root.ensure(rel, is_dir, _DIR_MODE if is_dir else _FILE_MODE)
-    if mount.is_bind:
-        root.mount_at(mount.source, target, rel, None, mount.flags, None)
-    elif mount.fstype == "cgroup":
+        target = root.ensure(rel, True, _DIR_MODE)
+    if mount.fstype == "cgroup":
         _mount_cgroup2(root, target, rel, mount.flags)
     else:
         root.mount_at(mount.source, target, rel, mount.fstype, mount.flags, mount.data or None)
+
+
+def _bind_mount(root: Rootfs, mount: MountPlan, rel: str) -> None:
+    """The source is looked up once (mount(2) follows its symlinks the same way)."""
+    try:
+        source_fd = os.open(mount.source, _O_PATH)
+    except OSError:   # mount(2) reports it, as for crun
+        source_fd = -1
+    try:
+        is_dir = source_fd >= 0 and stat.S_ISDIR(os.fstat(source_fd).st_mode)
+        target = root.ensure(rel, is_dir, _DIR_MODE if is_dir else _FILE_MODE)
+        source = fd_path(source_fd) if source_fd >= 0 else mount.source
+        root.mount_at(source, target, rel, None, mount.flags, None)
+    finally:
+        if source_fd >= 0:
+            os.close(source_fd)
 
 
 def _mount_cgroup2(root: Rootfs, target: int, rel: str, flags: int) -> None:
@@ -294,7 +316,7 @@ def pivot(plan: ContainerPlan, root: Rootfs, no_pivot: bool) -> None:
         os.chroot(".")
     else:
         old_root = os.open("/", os.O_DIRECTORY | _O_PATH)
-        new_root = os.open(plan.rootfs, os.O_DIRECTORY | os.O_RDONLY | os.O_CLOEXEC)
+        new_root = os.open(plan.rootfs, os.O_DIRECTORY | _O_PATH)   # (fchdir takes O_PATH)
         try:
             os.fchdir(new_root)
             L.pivot_root(".", ".")

@@ -115,7 +115,7 @@ class NativeRuntime:
             await self.delete(container_id, force=True)
             raise
         log.debug("native: container %s created (pid %d)", container_id, pid)
-        return Launched(pid, exit_future, console)
+        return Launched(pid, exit_future, console, cgroup.path)   # cloned into it
 
     async def start(self, container_id: str) -> None:
         container = self._get(container_id)

@@ -170,6 +170,9 @@ class AgentClient:
     async def get_guest_details(self) -> pb.GuestDetailsResponse:
         return await self._call("GetGuestDetails", _EMPTY(), pb.GuestDetailsResponse)
 
+    async def warm_up(self, share_mount_tag: str = "") -> None:
+        await self._call("WarmUp", pb.WarmUpRequest(share_mount_tag=share_mount_tag), _EMPTY)
+
     async def check(self, timeout: float | None = None) -> bool:
         resp = await self._call("Check", pb.CheckRequest(), pb.HealthCheckResponse, timeout=timeout)
         return resp.status == pb.HealthCheckResponse.SERVING

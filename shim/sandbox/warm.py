@@ -38,6 +38,7 @@ from shim.network import (NoPodInterface, PodEndpoint, adopt_tap, detach_endpoin
                           discover_pod_interface, endpoint_of)
 from shim.network.tuntap import open_transient_tap
 from shim.timeline import Timeline
+from shim.ttrpc import TtrpcError
 from shim.vmconfig.pod_resources import PodResources
 
 from . import state
@@ -106,8 +107,22 @@ async def prepare_warm_vm(config: GraftConfig, config_source: str) -> WarmVm:
         raise
     if booted.hypervisor.pid is not None:
         state.record_vmm(run_dir, booted.hypervisor.pid)
-    return WarmVm(booted, paths, tap_name, template.directory, config_source,
+    warm = WarmVm(booted, paths, tap_name, template.directory, config_source,
                   _mtime_ns(config_source))
+    await _warm_up_guest(warm)
+    return warm
+
+
+async def _warm_up_guest(warm: WarmVm) -> None:
+    """A clone's pod pays for what its VMM process does the first time (under TCG:
+    translating the guest's code again): the agent's WarmUp pays it now."""
+    try:
+        await warm.booted.agent.warm_up(warm.booted.hypervisor.config.share_mount_tag)
+    except TtrpcError as exc:   # e.g. an older agent: the pod's first container pays
+        log.warning("warm VM: the guest's warm-up failed: %s", exc.message)
+    except BaseException:
+        await warm.discard()
+        raise
 
 
 def unsuitable(warm: WarmVm, config: GraftConfig) -> str | None:

@@ -50,9 +50,13 @@ def warm(containerd):
     skip_or_fail(vm_missing())
     layout = containerd.layout
     state = Path(f"/run/gwp-{os.getpid()}")
+    # $GRAFT_GUEST_DIR goes into the file: the fork server making the pool's clones runs
+    # with an environment of its own.
+    guest_dir = os.environ.get("GRAFT_GUEST_DIR")
     layout.graft_config.write_text(
         f'[runtime]\nlog_level = "debug"\nstate_dir = "{state}"\n'
-        f'[factory]\nenable_template = true\ntemplate_path = "{state}/tpl"\ncache_size = 1\n')
+        f'[factory]\nenable_template = true\ntemplate_path = "{state}/tpl"\ncache_size = 1\n'
+        + (f'[guest]\nimage_dir = "{guest_dir}"\n' if guest_dir else ""))
     config = load_config(layout.graft_config)
     import asyncio
     asyncio.run(init_template(config))
