@@ -154,10 +154,15 @@ async def adopt_warm_vm(warm: WarmVm, ref: SandboxRef, config: GraftConfig,
     if run_dir.exists():
         await warm.discard()
         raise FileExistsError(f"sandbox {ref.describe()} already exists at {run_dir}")
-    state.write_owner(warm.paths.run_dir, ref)
-    for name in (MEMBER_FILE, READY_FILE):
-        (warm.paths.run_dir / name).unlink(missing_ok=True)
-    os.rename(warm.paths.run_dir, run_dir)  # complete when it appears: owner record included
+    try:
+        state.write_owner(warm.paths.run_dir, ref)
+        for name in (MEMBER_FILE, READY_FILE):
+            (warm.paths.run_dir / name).unlink(missing_ok=True)
+        run_dir.parent.mkdir(parents=True, exist_ok=True)
+        os.rename(warm.paths.run_dir, run_dir)  # complete when it appears: owner included
+    except BaseException:
+        await warm.discard()
+        raise
     paths = VmPaths(run_dir=run_dir, shared_dir=run_dir / "shared")
     vm, agent = warm.booted.hypervisor, warm.booted.agent
     vm.relocate(paths)

@@ -77,7 +77,7 @@ def _handle(conn: socket.socket, own_fds: tuple[int, ...], stamp: str, pools: Po
             conn.send(json.dumps({"stale": True}).encode())
             return False
         config_path = str(request.get("config_path", ""))
-        pools.note_config(config_path)
+        pools.note_config(config_path, dict(request.get("env") or {}))
         pid = pools.hand_over(config_path, request, fds[0])
         if pid is None:
             args = parse_args(request["args"], cwd=request["bundle"])

@@ -40,6 +40,9 @@ class Pool:
     config_path: str
     size: int
     stamp: str  # (path, mtime) of the config the size was read from
+    # The environment of the latest pod start for this config: members prepare their VM in
+    # it (e.g. GRAFT_GUEST_DIR), as a daemon forked for that pod would.
+    environ: dict[str, str] = field(default_factory=dict)
     members: list[Member] = field(default_factory=list)
     failures: int = 0
     retry_at: float = 0.0
@@ -83,11 +86,14 @@ class Pools:
         """What a process forked off the server must close: members' sockets."""
         return tuple(sock.fileno() for sock in self.sockets())
 
-    def note_config(self, config_path: str) -> None:
-        """A pod used this config: (re)size its pool from the config as it is now."""
+    def note_config(self, config_path: str, environ: dict[str, str] | None = None) -> None:
+        """A pod used this config (with *environ*): (re)size its pool from the config as it
+        is now."""
         size, stamp = pool_size(config_path)
         pool = self._pools.get(config_path)
         if pool is not None and pool.stamp == stamp:
+            if environ is not None:
+                pool.environ = environ
             return
         if pool is not None:  # the config changed (or went): members of the old one go
             for member in pool.members:
@@ -95,7 +101,9 @@ class Pools:
             log.info("pool for %s: config changed, %d members stopped",
                      config_path or "defaults", len(pool.members))
         if size > 0:
-            self._pools[config_path] = Pool(config_path, size, stamp)
+            self._pools[config_path] = Pool(
+                config_path, size, stamp,
+                environ if environ is not None else (pool.environ if pool else {}))
             _clean_stale(config_path)
         else:
             self._pools.pop(config_path, None)
@@ -152,7 +160,7 @@ class Pools:
         for pool in self._pools.values():
             while len(pool.members) < pool.size and now >= pool.retry_at:
                 try:
-                    pool.members.append(_fork_member(pool.config_path,
+                    pool.members.append(_fork_member(pool.config_path, pool.environ,
                                                      (*self._close, *self.fds())))
                 except OSError as exc:
                     log.warning("cannot fork a pool member: %s", exc)
@@ -174,13 +182,15 @@ class Pools:
         return any(pool.members for pool in self._pools.values())
 
 
-def _fork_member(config_path: str, close: tuple[int, ...]) -> Member:
+def _fork_member(config_path: str, environ: dict[str, str],
+                 close: tuple[int, ...]) -> Member:
     from .daemon_process import fork_detached
     from .pool_member import run_member
 
     ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
     try:
-        pid = fork_detached(lambda: run_member(theirs, config_path), (*close, ours.fileno()))
+        pid = fork_detached(lambda: run_member(theirs, config_path, environ),
+                            (*close, ours.fileno()))
     except BaseException:
         ours.close()
         raise

@@ -109,13 +109,18 @@ async def _member(sock: socket.socket, config_path: str) -> int:
     return await serve_async(args, listen_fd, path, warm)
 
 
-def run_member(sock: socket.socket, config_path: str) -> None:
-    """Never returns (the forked member's whole life)."""
+def run_member(sock: socket.socket, config_path: str,
+               environ: dict[str, str] | None = None) -> None:
+    """Never returns (the forked member's whole life). *environ*: a pod start's, for this
+    config (the fork server's own may lack e.g. GRAFT_GUEST_DIR)."""
     status = 1
     try:
         import setproctitle
 
         setproctitle.setproctitle(f"containerd-shim-graft-v2 pool-member {config_path}")
+        if environ:
+            os.environ.clear()
+            os.environ.update(environ)
         os.setpriority(os.PRIO_PROCESS, 0, WAITING_NICE)
         from .logging_setup import replace_handlers
 

@@ -5,6 +5,7 @@ host's clock), the pool refills, and nothing leaks — including when the fork s
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import sys
 import time
@@ -66,6 +67,7 @@ def warm(containerd):
     finally:
         client.close()
         destroy_template(config)
+        shutil.rmtree(state, ignore_errors=True)
 
 
 def _pod(client: Client, name: str) -> tuple[str, str]:
