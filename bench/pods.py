@@ -301,24 +301,31 @@ def chart(report: dict, path: Path) -> None:
     import matplotlib.pyplot as plt
 
     seq = report["sequential"]
-    fig, (left, right) = plt.subplots(1, 2, figsize=(12, 5), gridspec_kw={"width_ratios": [3, 1]})
+    fig, (left, right) = plt.subplots(1, 2, figsize=(13, 5.5), gridspec_kw={"width_ratios": [3, 1]})
     labels = ["runc", "graft warm pool", "graft restore", "graft cold"]
     keys = ["runc", "graft_template", "graft_restore", "graft_cold"]
+    names = [name for _, name in PHASES]
+    color = {name: plt.cm.tab20(i % 20) for i, name in enumerate(names)}  # one per phase
+    seen: set[str] = set()
     for i, key in enumerate(keys):
         phases = seq[key].get("phases_median_s")
         if not phases:
             left.barh(i, seq[key]["pod_start"]["median_s"], color="grey")
             continue
         offset = 0.0
-        for j, (name, value) in enumerate(phases.items()):
-            left.barh(i, value, left=offset, color=plt.cm.tab20(j % 20),
-                      label=name if key == "graft_template" else None)
+        for name, value in phases.items():
+            left.barh(i, value, left=offset, color=color[name],
+                      label=None if name in seen else name)
+            seen.add(name)
             offset += value
+        left.text(offset + 0.02, i, f"{seq[key]['pod_start']['median_s']:.2f} s", va="center")
+    runc = seq["runc"]["pod_start"]["median_s"]
+    left.text(runc + 0.02, 0, f"{runc:.2f} s", va="center")
     left.set_yticks(range(len(labels)), labels)
     left.invert_yaxis()
     left.set_xlabel("seconds (median), RunPodSandbox → first log line")
     left.set_title(f"pod start through CRI ({report['accelerator']})")
-    left.legend(fontsize=7, loc="lower right")
+    left.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.0, 1.0), ncol=1)
     many = report["concurrent"]
     right.bar(["runc", "graft"], [many["runc"]["all_ready_s"] or 0,
                                   many["graft_template"]["all_ready_s"] or 0],
