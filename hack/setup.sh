@@ -54,5 +54,9 @@ for suite in trixie sid; do
         echo "warning: could not fetch containerd from Debian $suite: its compat tests will skip" >&2
 done
 
+step "QEMU 10 from bookworm-backports, for the read-only template memory test (cached)"
+"$PYTHON" hack/qemu_backports.py fetch >/dev/null ||
+    echo "warning: could not fetch QEMU from bookworm-backports: its test will skip" >&2
+
 step "guest image: building (cached by input digests)"
 graft guest build

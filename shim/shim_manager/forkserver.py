@@ -131,7 +131,6 @@ def remove_unserved_socket(path: str) -> bool:
 
 
 def serve(path: str) -> None:
-    os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
     lock = os.open(lock_path(path), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
     if not _take(lock):
         return  # another fork server for this code tree is up
@@ -202,6 +201,7 @@ def main(path: str) -> None:
 
     setproctitle.setproctitle(f"containerd-shim-graft-v2 fork-server {path}")
     os.chdir("/")  # not the bundle of the pod whose start spawned us
+    os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)  # before its log goes there
     _log_beside(path)
     try:
         serve(path)

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import io
-import json
 import os
 import shutil
 import stat
@@ -16,7 +15,6 @@ import pytest
 import pytest_asyncio
 
 from shim.agent.client import AgentClient
-from shim.agent.streams import copy_output
 from shim.config import GraftConfig
 from shim.factory import tmpfs
 from shim.factory.build import destroy_template, init_template
@@ -26,38 +24,17 @@ from shim.factory.boot import make_hypervisor, template_hypervisor_config
 from shim.factory.boot_nic import open_clone_tap
 from shim.factory.template import find_usable_template
 from shim.hypervisor.base import FileBackedMemoryConfig, HypervisorError, VmPaths
-from shim.oci import default_spec
 from shim.vmconfig.pod_resources import PodResources
 from shim.sandbox.sandbox import Sandbox
 from shim.sandbox.state import list_sandboxes, read_boot_path
 from shim.ttrpc import Client
 
-from template_support import factory_config  # same directory (pytest puts it on sys.path)
+from template_support import factory_config, open_modes, run_in  # same directory (pytest puts it on sys.path)
 
 pytestmark = pytest.mark.vm
 
 MIB = 1 << 20
 CLOCK_TEMPLATE_AGE_S = 20  # stands for "a template saved minutes ago"
-
-
-async def run_in(box: Sandbox, cid: str, rootfs: Path, args: list[str]) -> tuple[int, bytes]:
-    """Run a container to completion in *box*; its exit status and stdout."""
-    guest_rootfs = box.add_container_rootfs(cid, rootfs)
-    out = bytearray()
-
-    async def sink(data: bytes) -> None:
-        out.extend(data)
-    try:
-        await box.agent.create_container(cid, json.dumps(default_spec(args)).encode(),
-                                         guest_rootfs, stdin=False)
-        reader = asyncio.ensure_future(copy_output(box.agent, cid, "", "stdout", sink))
-        await box.agent.start_container(cid)
-        status = await asyncio.wait_for(box.agent.wait_process(cid, ""), 120)
-        await asyncio.wait_for(reader, 30)
-        return status.exit_status, bytes(out)
-    finally:
-        await box.agent.remove_container(cid, force=True)
-        box.remove_container_rootfs(cid)
 
 
 @pytest.fixture(scope="module")
@@ -111,6 +88,10 @@ async def test_clone_is_restored_and_runs_a_container(config: GraftConfig, templ
         recorded = read_boot_path(config, "tpl-c1")
         assert recorded is not None and recorded["restored"] is True
         assert recorded["boot_seconds"] < 5
+        # Read-only where the template's QEMU can map it so (>= 8.2; bookworm's 7.2 cannot:
+        # test_template_readonly_memory.py runs a newer one).
+        readonly = tpl.metadata.hypervisor.private_readonly_memory
+        assert open_modes(box.vm.pid, tpl.memory_file) == [os.O_RDONLY if readonly else os.O_RDWR]
         status, out = await run_in(box, "hello", busybox_rootfs, ["echo", "hello"])
         assert (status, out) == (0, b"hello\n")
     finally:

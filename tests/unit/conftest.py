@@ -2,6 +2,9 @@
 from __future__ import annotations
 
 import json
+import os
+import shutil
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -56,3 +59,11 @@ async def agent(agent_process):
     client = await AgentClient.connect(agent_process)
     yield client
     await client.close()
+
+
+@pytest.fixture
+def sock_path():
+    # pytest's tmp_path can exceed the 108-byte unix socket path limit.
+    directory = tempfile.mkdtemp(prefix="ttrpc-", dir="/tmp")
+    yield os.path.join(directory, "s")
+    shutil.rmtree(directory, ignore_errors=True)

@@ -4,7 +4,7 @@ client), options from the environment, and the refusals that protect a node."""
 from __future__ import annotations
 
 import os
-from pathlib import Path, PurePosixPath
+from pathlib import PurePosixPath
 
 import pytest
 

@@ -181,3 +181,22 @@ def test_fork_server_stop_removes_the_socket_of_a_killed_server(tmp_path: Path) 
     assert out.getvalue() == f"no fork server at {path}\nremoved {path} (its server had been killed)\n"
     assert not os.path.exists(path)
 
+
+
+def test_a_spawned_fork_server_makes_its_directory(tmp_path: Path) -> None:
+    """As on a fresh machine, where nothing has made /run/graft-shim yet: the server `start`
+    spawns creates the directory before its log file goes there, then serves."""
+    from shim.cli.fork_server import run_fork_server
+
+    path = str(tmp_path / "not-yet" / "fs.sock")
+    handoff.spawn_server(path)
+    try:
+        deadline = time.monotonic() + 30
+        while not os.path.exists(path) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert os.path.exists(path), "the spawned fork server never bound its socket"
+        assert os.path.isfile(path + ".log")
+    finally:
+        out = io.StringIO()
+        assert run_fork_server("stop", path, out) == 0
+    assert out.getvalue().startswith(f"stopped the fork server at {path} (pid ")
