@@ -39,6 +39,9 @@ def describe_status(status: TemplateStatus) -> list[str]:
             f"  memory: {meta.memory_bytes // MIB} MiB, vcpus {meta.identity.get('vcpus')}, "
             f"config sha256 {meta.identity_sha256[:12]}…",
             "  saved: " + ", ".join(f"{f.name} ({f.size} bytes)" for f in meta.files),
+            "  clones open the memory file " + (
+                "read-only" if meta.hypervisor.private_readonly_memory
+                else "read-write, mapped privately (this QEMU cannot map it read-only)"),
         ]
     if tmpfs.mounted_fstype(status.root) == "tmpfs":
         lines.append(f"  tmpfs: {tmpfs.used_bytes(status.root) // MIB} of "

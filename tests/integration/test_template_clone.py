@@ -74,6 +74,8 @@ async def test_status_shows_the_template_and_init_is_idempotent(config: GraftCon
     text = out.getvalue()
     assert f"template: usable ({tpl.directory})" in text
     assert "hypervisor: qemu, QEMU " in text
+    assert ("clones open the memory file read-only\n" in text) == (
+        tpl.metadata.hypervisor.private_readonly_memory)
     again = await init_template(config)
     assert not again.built and again.template.directory == tpl.directory
 

@@ -6,6 +6,7 @@ records in each template whether its VMM maps a read-only file as private, writa
 for real with QEMU 10 from bookworm-backports (hack/qemu_backports.py, fetched by setup)."""
 from __future__ import annotations
 
+import io
 import os
 import sys
 from pathlib import Path
@@ -15,6 +16,7 @@ import pytest_asyncio
 
 from shim.config import GraftConfig
 from shim.factory.build import destroy_template, init_template
+from shim.factory.cli import run_factory
 from shim.factory.digests import sha256_file
 from shim.sandbox.sandbox import Sandbox
 
@@ -54,10 +56,14 @@ def mappings(pid: int, path: Path) -> list[str]:
     return [line.split()[1] for line in lines if line.endswith(" " + str(path))]
 
 
-async def test_template_records_that_its_qemu_maps_memory_read_only(template) -> None:
+async def test_template_records_that_its_qemu_maps_memory_read_only(config: GraftConfig,
+                                                                   template) -> None:
     tpl, _ = template
     assert tpl.metadata.hypervisor.version.startswith("QEMU 10."), tpl.metadata.hypervisor
     assert tpl.metadata.hypervisor.private_readonly_memory is True
+    out = io.StringIO()
+    assert run_factory(config, "status", out) == 0
+    assert "clones open the memory file read-only\n" in out.getvalue()
 
 
 async def test_clone_opens_the_memory_read_only_and_writes_its_own_copy(
