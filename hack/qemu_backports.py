@@ -15,14 +15,11 @@ import os
 import sys
 from pathlib import Path
 
-from debian_archive import FetchError, unpack, unpacked_version
+from debian_archive import FetchError, unpack
 
 SUITE = "bookworm-backports"
 PACKAGES = ["qemu-system-x86", "qemu-system-data"]
 CACHE = Path(os.environ.get("GRAFT_QEMU_BACKPORTS_CACHE", "/var/cache/graft/qemu-backports"))
-
-__all__ = ["FetchError", "fetch", "version"]
-
 
 def binary() -> Path:
     return CACHE / "usr" / "bin" / "qemu-system-x86_64"
@@ -33,10 +30,6 @@ def fetch(timeout: float = 600) -> Path:
     if not (binary().is_file() and (CACHE / "usr" / "share" / "qemu" / "pvh.bin").is_file()):
         unpack(SUITE, PACKAGES, CACHE, timeout)
     return binary()
-
-
-def version() -> str:
-    return unpacked_version(CACHE)
 
 
 def main(argv: list[str]) -> int:
