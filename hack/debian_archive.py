@@ -36,7 +36,8 @@ def unpack(suite: str, packages: list[str], destination: Path, timeout: float = 
                "-o", f"Dir::State::Lists={work / 'lists'}", "-o", f"Dir::Cache={work / 'cache'}",
                "-o", "APT::Sandbox::User=root"]
         _run(["apt-get", *apt, "update"], work, timeout)
-        _run(["apt-get", *apt, "download", *(f"{name}/{suite}" for name in packages)], work, timeout)
+        wanted = [f"{name}/{suite}" for name in packages]
+        _run(["apt-get", *apt, "download", *wanted], work, timeout)
         unpacked = work / "root"
         for index, name in enumerate(packages):
             debs = sorted(work.glob(f"{name}_*.deb"))

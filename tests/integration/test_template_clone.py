@@ -29,7 +29,7 @@ from shim.sandbox.sandbox import Sandbox
 from shim.sandbox.state import list_sandboxes, read_boot_path
 from shim.ttrpc import Client
 
-from template_support import factory_config, open_modes, run_in  # same directory (pytest puts it on sys.path)
+from template_support import factory_config, open_modes, run_in  # same directory
 
 pytestmark = pytest.mark.vm
 

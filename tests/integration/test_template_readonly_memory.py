@@ -77,8 +77,9 @@ async def test_clone_opens_the_memory_read_only_and_writes_its_own_copy(
         assert open_modes(pid, tpl.memory_file) == [os.O_RDONLY]
         assert mappings(pid, tpl.memory_file) == ["rw-p"]  # private: guest writes stay in QEMU
         # The guest runs, i.e. writes its RAM (page cache, a new process) through that mapping.
+        eight_mib_of_zeros = "dd if=/dev/zero bs=1M count=8 2>/dev/null | md5sum"
         status, out = await run_in(box, "ro-hello", busybox_rootfs,
-                                   ["sh", "-c", "dd if=/dev/zero bs=1M count=8 2>/dev/null | md5sum"])
+                                   ["sh", "-c", eight_mib_of_zeros])
         assert status == 0 and out.startswith(b"96995b58d4cbf6aaa9041b4f00c7f6ae"), out
     finally:
         await box.stop()

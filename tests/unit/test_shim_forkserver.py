@@ -74,37 +74,39 @@ def test_sandbox_start_hands_off_to_the_fork_server(tmp_path: Path) -> None:
         "from shim.shim_manager.handoff import server_path; print(server_path())")],
         capture_output=True, text=True, check=True).stdout.strip()
 
-    first = _start(shim, tmp_path, "pod1")  # no fork server yet, or a current one
-    deadline = time.monotonic() + 20
-    while not os.path.exists(server) and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert os.path.exists(server), "start did not leave a fork server behind"
-    second = _start(shim, tmp_path, "pod2")
-    deadline = time.monotonic() + 10
-    while True:  # a daemon names itself right after it is forked
-        daemons = {" ".join(p.info["cmdline"] or []): p
-                   for p in psutil.process_iter(["cmdline"])}
-        titles = set(daemons)
-        pod2 = [p for t, p in daemons.items()
-                if t.startswith("containerd-shim-graft-v2 -namespace unit -id pod2 ")]
-        if pod2 and any(" -id pod1 " in t for t in titles) or time.monotonic() > deadline:
-            break
-        time.sleep(0.02)
-    assert pod2, titles
-    pod2 = pod2[0]
-    # Forked by the fork server (double fork: not a session leader), not by `start` itself.
-    assert os.getsid(pod2.pid) != pod2.pid
-    for name, path in (("pod1", first), ("pod2", second)):
-        # Named like every containerd shim, serving the task API on the printed address.
-        assert any(t.startswith("containerd-shim-graft-v2 -namespace unit -id " + name)
-                   for t in titles), titles
-        asyncio.run(_state_then_shutdown(path))
-        _wait_gone(path)
-    # An app container of a running pod only finds its socket.
-    third = _start(shim, tmp_path, "pod3")
-    assert _start(shim, tmp_path, "app", kind="container", sandbox="pod3") == third
-    asyncio.run(_state_then_shutdown(third))
-    _wait_gone(third)
+    from shim.cli.fork_server import run_fork_server
+
+    try:
+        first = _start(shim, tmp_path, "pod1")  # no fork server yet, or a current one
+        assert _wait_bound(server, 20), "start did not leave a fork server behind"
+        second = _start(shim, tmp_path, "pod2")
+        deadline = time.monotonic() + 10
+        while True:  # a daemon names itself right after it is forked
+            daemons = {" ".join(p.info["cmdline"] or []): p
+                       for p in psutil.process_iter(["cmdline"])}
+            titles = set(daemons)
+            pod2 = [p for t, p in daemons.items()
+                    if t.startswith("containerd-shim-graft-v2 -namespace unit -id pod2 ")]
+            if pod2 and any(" -id pod1 " in t for t in titles) or time.monotonic() > deadline:
+                break
+            time.sleep(0.02)
+        assert pod2, titles
+        pod2 = pod2[0]
+        # Forked by the fork server (double fork: not a session leader), not by `start` itself.
+        assert os.getsid(pod2.pid) != pod2.pid
+        for name, path in (("pod1", first), ("pod2", second)):
+            # Named like every containerd shim, serving the task API on the printed address.
+            assert any(t.startswith("containerd-shim-graft-v2 -namespace unit -id " + name)
+                       for t in titles), titles
+            asyncio.run(_state_then_shutdown(path))
+            _wait_gone(path)
+        # An app container of a running pod only finds its socket.
+        third = _start(shim, tmp_path, "pod3")
+        assert _start(shim, tmp_path, "app", kind="container", sandbox="pod3") == third
+        asyncio.run(_state_then_shutdown(third))
+        _wait_gone(third)
+    finally:  # the fork server this test's starts spawned outlives them: stop it
+        run_fork_server("stop", server, io.StringIO())
 
 
 def test_fork_server_refuses_stale_code_and_exits(tmp_path: Path) -> None:
@@ -112,9 +114,7 @@ def test_fork_server_refuses_stale_code_and_exits(tmp_path: Path) -> None:
     proc = subprocess.Popen([sys.executable, "-c", (
         "import sys; from shim.shim_manager.forkserver import serve; serve(sys.argv[1])"), path])
     try:
-        deadline = time.monotonic() + 30
-        while not os.path.exists(path) and time.monotonic() < deadline:
-            time.sleep(0.05)
+        assert _wait_bound(path), "the fork server did not bind its socket"
         listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
             request = {"stamp": "not-the-code", "args": [], "bundle": "/", "env": {}}
@@ -135,13 +135,18 @@ def test_fork_server_module_keeps_the_warm_list_importable() -> None:
         importlib.import_module(name)
 
 
+def _wait_bound(path: str, timeout: float = 30) -> bool:
+    """Whether a fork server's socket appears at *path* within *timeout*."""
+    deadline = time.monotonic() + timeout
+    while not os.path.exists(path) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return os.path.exists(path)
+
+
 def _serve_in_background(path: str) -> subprocess.Popen:
     proc = subprocess.Popen([sys.executable, "-c", (
         "import sys; from shim.shim_manager.forkserver import serve; serve(sys.argv[1])"), path])
-    deadline = time.monotonic() + 30
-    while not os.path.exists(path) and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert os.path.exists(path), "the fork server did not bind its socket"
+    assert _wait_bound(path), "the fork server did not bind its socket"
     return proc
 
 
@@ -182,7 +187,6 @@ def test_fork_server_stop_removes_the_socket_of_a_killed_server(tmp_path: Path) 
     assert not os.path.exists(path)
 
 
-
 def test_a_spawned_fork_server_makes_its_directory(tmp_path: Path) -> None:
     """As on a fresh machine, where nothing has made /run/graft-shim yet: the server `start`
     spawns creates the directory before its log file goes there, then serves."""
@@ -191,10 +195,7 @@ def test_a_spawned_fork_server_makes_its_directory(tmp_path: Path) -> None:
     path = str(tmp_path / "not-yet" / "fs.sock")
     handoff.spawn_server(path)
     try:
-        deadline = time.monotonic() + 30
-        while not os.path.exists(path) and time.monotonic() < deadline:
-            time.sleep(0.05)
-        assert os.path.exists(path), "the spawned fork server never bound its socket"
+        assert _wait_bound(path), "the spawned fork server never bound its socket"
         assert os.path.isfile(path + ".log")
     finally:
         out = io.StringIO()
